@@ -94,10 +94,21 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 
+# True when the editable install does not map the package (e.g. it was made
+# before django_actors/__init__.py existed). Checked from / so the repo root on
+# sys.path cannot hide it.
+editable_install_stale() {
+    [ -f django_actors/__init__.py ] || return 1
+    ! (cd / && "$VENV/bin/python" -c \
+        'import importlib.util, sys; sys.exit(importlib.util.find_spec("django_actors") is None)' \
+        >/dev/null 2>&1)
+}
+
 setup_hash="$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)"
 installed_hash="$(cat "$VENV/.setup-hash" 2>/dev/null || true)"
 if [ "$setup_hash" != "$installed_hash" ] \
-    || ! "$VENV/bin/python" -c 'import importlib.metadata as m; m.version("django-actors")' >/dev/null 2>&1; then
+    || ! "$VENV/bin/python" -c 'import importlib.metadata as m; m.version("django-actors")' >/dev/null 2>&1 \
+    || editable_install_stale; then
     step "Installing '.[test]' into .venv"
     rm -f "$VENV/.setup-hash"
     "$VENV/bin/python" -m pip install -q --upgrade pip
