@@ -1,0 +1,1 @@
+"""Brokers: the stub (tests), Redis (production) and database (embedded default)."""

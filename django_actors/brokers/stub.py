@@ -1,0 +1,237 @@
+"""An in-memory broker for tests."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from ..broker import Broker, Consumer, MessageProxy
+from ..errors import DecodeError, QueueJoinTimeout, QueueNotFound
+from ..message import Message, current_millis
+
+
+class _StubQueue:
+    """One queue: ready messages, delayed messages and the unacked count."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ready: deque[bytes] = deque()
+        self.delayed: list[tuple[int, int, bytes]] = []
+        self.unacked = 0
+
+    def promote(self, now: int) -> None:
+        while self.delayed and self.delayed[0][0] <= now:
+            self.ready.append(heapq.heappop(self.delayed)[2])
+
+    @property
+    def empty(self) -> bool:
+        return not self.ready and not self.delayed and not self.unacked
+
+    def __len__(self) -> int:
+        return len(self.ready) + len(self.delayed)
+
+
+class StubBroker(Broker):
+    """A broker that keeps messages in memory, for tests.
+
+    Messages are stored encoded and decoded on fetch, like a real broker.
+    Dead letters are kept in :attr:`dead_letters`.
+    """
+
+    supports_batch_enqueue = True
+
+    def __init__(self, middleware: Any = None, **kwargs: Any) -> None:
+        self._lock = threading.Condition()
+        self._queues: dict[str, _StubQueue] = {}
+        self._seq = itertools.count()
+        self.dead_letters_by_queue: dict[str, list[MessageProxy]] = {}
+        #: Failures seen since the last join(), for ``fail_fast``.
+        self._failures: list[MessageProxy] = []
+        super().__init__(middleware, **kwargs)
+
+    @property
+    def queues(self) -> dict[str, _StubQueue]:
+        """The declared queues, by name."""
+        return self._queues
+
+    @property
+    def dead_letters(self) -> list[MessageProxy]:
+        """Every dead-lettered message, across queues."""
+        with self._lock:
+            return [m for letters in self.dead_letters_by_queue.values() for m in letters]
+
+    def _declare_queue(self, queue_name: str) -> None:
+        with self._lock:
+            self._queues.setdefault(queue_name, _StubQueue(queue_name))
+            self.dead_letters_by_queue.setdefault(queue_name, [])
+
+    def get_declared_queues(self) -> set[str]:
+        return set(self._queues)
+
+    def _queue(self, queue_name: str) -> _StubQueue:
+        try:
+            return self._queues[queue_name]
+        except KeyError:
+            raise QueueNotFound(f"Queue {queue_name!r} is not declared.") from None
+
+    def _enqueue_many(self, items: list[tuple[Message[Any], bytes]], eta: int | None) -> None:
+        with self._lock:
+            for message, data in items:
+                queue = self._queue(message.queue_name)
+                if eta is None:
+                    queue.ready.append(data)
+                else:
+                    heapq.heappush(queue.delayed, (eta, next(self._seq), data))
+            self._lock.notify_all()
+
+    def put_raw(self, queue_name: str, data: bytes) -> None:
+        """Put raw bytes on a queue, bypassing encoding (for bad-input tests)."""
+        with self._lock:
+            self._queue(queue_name).ready.append(data)
+            self._lock.notify_all()
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> StubConsumer:
+        self._queue(queue_name)
+        return StubConsumer(self, queue_name, timeout)
+
+    def _dead_letter(self, proxy: MessageProxy) -> None:
+        self.dead_letters_by_queue.setdefault(proxy.queue_name, []).append(proxy)
+        self._failures.append(proxy)
+
+    def flush(self, queue_name: str) -> None:
+        with self._lock:
+            queue = self._queue(queue_name)
+            queue.ready.clear()
+            queue.delayed.clear()
+            self._lock.notify_all()
+
+    def flush_all(self) -> None:
+        with self._lock:
+            for queue in self._queues.values():
+                queue.ready.clear()
+                queue.delayed.clear()
+            for letters in self.dead_letters_by_queue.values():
+                letters.clear()
+            self._failures.clear()
+            self._lock.notify_all()
+
+    def join(self, queue_name: str, *, timeout: int | None = None, fail_fast: bool = False) -> None:
+        """Wait until ``queue_name`` has no ready, delayed or unacked message.
+
+        Parameters:
+          timeout: milliseconds; ``None`` waits forever.
+          fail_fast: raise the exception of the first message that failed for
+            good while waiting, instead of waiting on.
+
+        Raises:
+          QueueJoinTimeout: the timeout ran out.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout / 1000
+        with self._lock:
+            queue = self._queue(queue_name)
+            self._failures.clear()
+            while True:
+                if fail_fast and self._failures:
+                    failed = self._failures[0]
+                    self._failures.clear()
+                    raise failed.exception or RuntimeError(failed.fail_reason or "message failed")
+                if queue.empty:
+                    return
+                wait = 0.05 if queue.delayed else None
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise QueueJoinTimeout(f"Queue {queue_name!r} was not empty after {timeout} ms.")
+                    wait = remaining if wait is None else min(wait, remaining)
+                self._lock.wait(wait)
+
+    def requeue_dead_letters(self, message_ids: Iterable[str] | None = None) -> int:
+        wanted = None if message_ids is None else set(message_ids)
+        moved = []
+        with self._lock:
+            for letters in self.dead_letters_by_queue.values():
+                keep = []
+                for proxy in letters:
+                    (moved if wanted is None or proxy.message_id in wanted else keep).append(proxy)
+                letters[:] = keep
+        self.enqueue_many([p.message for p in moved if p.message.actor_name])
+        return len(moved)
+
+    def purge_dead_letters(self, message_ids: Iterable[str] | None = None) -> int:
+        wanted = None if message_ids is None else set(message_ids)
+        count = 0
+        with self._lock:
+            for letters in self.dead_letters_by_queue.values():
+                keep = [p for p in letters if wanted is not None and p.message_id not in wanted]
+                count += len(letters) - len(keep)
+                letters[:] = keep
+        return count
+
+
+class StubConsumer(Consumer):
+    """Consumes one stub queue."""
+
+    def __init__(self, broker: StubBroker, queue_name: str, timeout: int) -> None:
+        self.broker = broker
+        self.queue_name = queue_name
+        self.timeout = timeout
+
+    def fetch(self, count: int) -> list[MessageProxy]:
+        broker = self.broker
+        deadline = time.monotonic() + self.timeout / 1000
+        with broker._lock:
+            queue = broker._queue(self.queue_name)
+            while True:
+                queue.promote(current_millis())
+                if queue.ready:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                if queue.delayed:
+                    until_due = (queue.delayed[0][0] - current_millis()) / 1000
+                    remaining = min(remaining, max(until_due, 0.001))
+                broker._lock.wait(remaining)
+            raw = [queue.ready.popleft() for _ in range(min(count, len(queue.ready)))]
+            queue.unacked += len(raw)
+        return [self._decode(data) for data in raw]
+
+    def _decode(self, data: bytes) -> MessageProxy:
+        try:
+            proxy = MessageProxy(Message.decode(data), tag=data)
+        except DecodeError as exc:
+            # Undecodable: dead-letter it at once, with its reason.
+            placeholder = Message(
+                queue_name=self.queue_name, actor_name="", args=(), kwargs={}, options={}
+            )
+            proxy = MessageProxy(placeholder, tag=data)
+            proxy.stuff_exception(exc)
+            proxy.fail(f"undecodable message: {exc}")
+        return proxy
+
+    def _settle(self, proxy: MessageProxy) -> None:
+        queue = self.broker._queue(self.queue_name)
+        queue.unacked -= 1
+        self.broker._lock.notify_all()
+
+    def ack(self, message: MessageProxy) -> None:
+        with self.broker._lock:
+            self._settle(message)
+
+    def nack(self, message: MessageProxy) -> None:
+        with self.broker._lock:
+            self.broker._dead_letter(message)
+            self._settle(message)
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        with self.broker._lock:
+            queue = self.broker._queue(self.queue_name)
+            for proxy in messages:
+                queue.ready.appendleft(proxy.tag)
+                queue.unacked -= 1
+            self.broker._lock.notify_all()

@@ -1,0 +1,37 @@
+"""CurrentMessage: let an actor see the message it is processing."""
+
+from __future__ import annotations
+
+import contextvars
+from typing import TYPE_CHECKING, Any
+
+from .middleware import Middleware
+
+if TYPE_CHECKING:
+    from ..broker import Broker, MessageProxy
+
+_current: contextvars.ContextVar[Any] = contextvars.ContextVar("django_actors_current_message", default=None)
+
+
+class CurrentMessage(Middleware):
+    """Make the message being processed available to the actor.
+
+    ``CurrentMessage.get_current_message()`` returns it (or ``None`` outside
+    an actor). Works for async actors too.
+    """
+
+    @classmethod
+    def get_current_message(cls) -> Any:
+        """Return the :class:`Message` being processed in this context, or ``None``."""
+        return _current.get()
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        _current.set(message.message)
+
+    def after_process_message(
+        self, broker: Broker, message: MessageProxy, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
+        _current.set(None)
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        _current.set(None)

@@ -1,0 +1,395 @@
+"""The Worker: consumer threads fetch messages, worker threads run actors."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .errors import ActorNotFound, ConnectionError, Retry
+from .middleware.middleware import SkipMessage
+
+if TYPE_CHECKING:
+    from .actor import Actor
+    from .broker import Broker, Consumer, MessageProxy
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    """Consume messages from a broker and run their actors.
+
+    Parameters:
+      broker: the broker to consume from.
+      queues: the queue names to consume; every declared queue when ``None``.
+      worker_timeout: how long a fetch or an idle wait lasts, in milliseconds;
+        it bounds how quickly the worker notices a stop or a new queue.
+      worker_threads: how many actors run at once.
+      prefetch: how many unacked messages each consumer may hold (default
+        twice ``worker_threads``).
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        queues: Iterable[str] | None = None,
+        worker_timeout: int = 1000,
+        worker_threads: int = 8,
+        prefetch: int | None = None,
+    ) -> None:
+        if worker_threads < 1:
+            raise ValueError(f"worker_threads must be at least 1, not {worker_threads!r}.")
+        self.broker = broker
+        self.queues = set(queues) if queues is not None else None
+        self.worker_timeout = worker_timeout
+        self.worker_threads = worker_threads
+        self.prefetch = prefetch or worker_threads * 2
+        self.work_queue: queue.PriorityQueue[tuple[int, int, MessageProxy, _ConsumerThread]] = (
+            queue.PriorityQueue()
+        )
+        self._seq = itertools.count()
+        self.consumers: dict[str, _ConsumerThread] = {}
+        self.workers: list[_WorkerThread] = []
+        self._running = False
+        self._paused = threading.Event()
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._loop: _EventLoopThread | None = None
+
+    # Lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the consumer and worker threads."""
+        self.broker.emit_before("worker_boot", self)
+        self._running = True
+        self._refresh_consumers()
+        for _ in range(self.worker_threads):
+            thread = _WorkerThread(self)
+            thread.start()
+            self.workers.append(thread)
+        self._watcher = threading.Thread(target=self._watch_queues, name="django-actors-queues", daemon=True)
+        self._watcher.start()
+        self.broker.emit_after("worker_boot", self)
+
+    def _watch_queues(self) -> None:
+        while not self._stopping.wait(self.worker_timeout / 1000):
+            self._refresh_consumers()
+
+    def _refresh_consumers(self) -> None:
+        with self._lock:
+            if not self._running:
+                return
+            wanted = self.broker.get_declared_queues()
+            if self.queues is not None:
+                wanted &= self.queues
+            for queue_name in sorted(wanted - set(self.consumers)):
+                thread = _ConsumerThread(self, queue_name)
+                self.consumers[queue_name] = thread
+                thread.start()
+
+    def pause(self) -> None:
+        """Stop fetching and running messages until :meth:`resume`."""
+        self._paused.set()
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`."""
+        self._paused.clear()
+
+    @property
+    def paused(self) -> bool:
+        """Whether the worker is paused."""
+        return self._paused.is_set()
+
+    def stop(self, timeout: int = 600_000) -> None:
+        """Stop gracefully.
+
+        Fetching stops at once; messages already running get up to
+        ``timeout`` milliseconds to finish; messages fetched but not started
+        are handed back to the broker.
+        """
+        if not self._running:
+            return
+        self.broker.emit_before("worker_shutdown", self)
+        with self._lock:
+            self._running = False
+        self._stopping.set()
+        self._paused.clear()
+        for consumer in self.consumers.values():
+            consumer.stop()
+        for worker in self.workers:
+            worker.stop()
+        deadline = time.monotonic() + timeout / 1000
+        for consumer in self.consumers.values():
+            consumer.join(max(deadline - time.monotonic(), 0))
+        for worker in self.workers:
+            worker.join(max(deadline - time.monotonic(), 0))
+        self._hand_back()
+        for worker in self.workers:
+            if worker.is_alive():
+                logger.warning("A worker thread did not finish its message within %d ms.", timeout)
+        for consumer in self.consumers.values():
+            consumer.close()
+        if self._loop is not None:
+            self._loop.stop()
+        self.broker.emit_after("worker_shutdown", self)
+
+    def _hand_back(self) -> None:
+        pending: dict[_ConsumerThread, list[MessageProxy]] = {}
+        while True:
+            try:
+                _, _, proxy, consumer = self.work_queue.get_nowait()
+            except queue.Empty:
+                break
+            pending.setdefault(consumer, []).append(proxy)
+        for consumer, proxies in pending.items():
+            consumer.requeue(proxies)
+
+    def join(self, timeout: int | None = None) -> None:
+        """Wait until every consumed queue is empty and nothing is in flight.
+
+        Raises:
+          QueueJoinTimeout: ``timeout`` (ms) ran out first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout / 1000
+        while True:
+            for queue_name in list(self.consumers):
+                remaining = None if deadline is None else max(int((deadline - time.monotonic()) * 1000), 0)
+                self.broker.join(queue_name, timeout=remaining)
+            if self.work_queue.empty() and all(c.in_flight == 0 for c in self.consumers.values()):
+                return
+            time.sleep(0.001)
+
+    # Processing -------------------------------------------------------------------
+
+    def _event_loop(self) -> _EventLoopThread:
+        with self._lock:
+            if self._loop is None:
+                self._loop = _EventLoopThread()
+            return self._loop
+
+    def process_message(self, proxy: MessageProxy, consumer: _ConsumerThread) -> None:
+        """Run one message through the middleware and its actor, then settle it."""
+        broker = self.broker
+        try:
+            if proxy.failed:  # undecodable: nothing to run
+                return
+            actor = broker.actors.get(proxy.actor_name)
+            if actor is None:
+                error = ActorNotFound(f"Actor {proxy.actor_name!r} is not declared on this broker.")
+                logger.error("Dead-lettering message %s: %s", proxy.message_id, error)
+                proxy.stuff_exception(error)
+                proxy.fail(str(error))
+                return
+            try:
+                broker.emit_before("process_message", proxy)
+                result = self._call(actor, proxy)
+                broker.emit_after("process_message", proxy, result=result)
+            except SkipMessage:
+                logger.info("Skipped message %s.", proxy.message_id)
+                broker.emit_after("skip_message", proxy)
+            except BaseException as exc:
+                if isinstance(exc, Retry):
+                    logger.info("Message %s asked for a retry: %s", proxy.message_id, exc)
+                else:
+                    logger.error("Actor %s failed on message %s.", proxy.actor_name, proxy.message_id, exc_info=True)
+                proxy.stuff_exception(exc)
+                broker.emit_after("process_message", proxy, exception=exc)
+        finally:
+            consumer.settle(proxy)
+
+    def _call(self, actor: Actor[Any, Any], proxy: MessageProxy) -> Any:
+        if not actor.is_async:
+            return actor.fn(*proxy.args, **proxy.kwargs)
+        return self._event_loop().run(actor.fn(*proxy.args, **proxy.kwargs))
+
+
+class _ConsumerThread(threading.Thread):
+    """Fetches messages from one queue into the worker's priority queue."""
+
+    def __init__(self, worker: Worker, queue_name: str) -> None:
+        super().__init__(name=f"django-actors-consumer-{queue_name}", daemon=True)
+        self.worker = worker
+        self.broker = worker.broker
+        self.queue_name = queue_name
+        self.prefetch = worker.prefetch
+        self.in_flight = 0
+        self._room = threading.Condition()
+        self._running = True
+        self._closed = False
+        self.consumer: Consumer | None = None
+
+    def run(self) -> None:
+        worker = self.worker
+        backoff = 0.1
+        while self._running:
+            if worker._paused.is_set():
+                time.sleep(min(worker.worker_timeout / 1000, 0.05))
+                continue
+            with self._room:
+                room = self.prefetch - self.in_flight
+                if room <= 0:
+                    self._room.wait(worker.worker_timeout / 1000)
+                    continue
+            try:
+                if self.consumer is None:
+                    self.consumer = self.broker.consume(
+                        self.queue_name, prefetch=self.prefetch, timeout=worker.worker_timeout
+                    )
+                proxies = self.consumer.fetch(room)
+                backoff = 0.1
+            except ConnectionError as exc:
+                logger.warning("Consumer for %r lost its connection (%s); retrying in %.1fs.", self.queue_name, exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            except Exception:
+                logger.exception("Consumer for %r failed; retrying in %.1fs.", self.queue_name, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if not proxies:
+                continue
+            with self._room:
+                self.in_flight += len(proxies)
+            for proxy in proxies:
+                actor = self.broker.actors.get(proxy.actor_name)
+                proxy.priority = actor.priority if actor is not None else 0
+                worker.work_queue.put((proxy.priority, next(worker._seq), proxy, self))
+            if not self._running:
+                break
+        self.broker.emit_before("consumer_thread_shutdown", self)
+
+    def settle(self, proxy: MessageProxy) -> None:
+        """Ack or nack a processed message (called from worker threads)."""
+        broker = self.broker
+        consumer = self.consumer
+        try:
+            assert consumer is not None
+            if proxy.failed:
+                broker.emit_before("nack", proxy)
+                consumer.nack(proxy)
+                broker.emit_after("nack", proxy)
+            else:
+                broker.emit_before("ack", proxy)
+                consumer.ack(proxy)
+                broker.emit_after("ack", proxy)
+        except Exception:
+            logger.exception("Could not settle message %s; it will be delivered again.", proxy.message_id)
+        finally:
+            with self._room:
+                self.in_flight -= 1
+                self._room.notify_all()
+
+    def requeue(self, proxies: list[MessageProxy]) -> None:
+        """Hand unstarted messages back to the broker."""
+        try:
+            if self.consumer is not None:
+                self.consumer.requeue(proxies)
+        except Exception:
+            logger.exception("Could not hand back %d message(s); they will be delivered again.", len(proxies))
+        finally:
+            with self._room:
+                self.in_flight -= len(proxies)
+                self._room.notify_all()
+
+    def stop(self) -> None:
+        self._running = False
+        with self._room:
+            self._room.notify_all()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.consumer is not None:
+            try:
+                self.consumer.close()
+            except Exception:
+                logger.exception("Error closing the consumer for %r.", self.queue_name)
+
+
+class _WorkerThread(threading.Thread):
+    """Runs messages from the worker's priority queue."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(name="django-actors-worker", daemon=True)
+        self.worker = worker
+        self._running = True
+
+    def run(self) -> None:
+        worker = self.worker
+        broker = worker.broker
+        broker.emit_after("worker_thread_boot", self)
+        timeout = worker.worker_timeout / 1000
+        while self._running:
+            if worker._paused.is_set():
+                time.sleep(min(timeout, 0.05))
+                continue
+            try:
+                _, _, proxy, consumer = worker.work_queue.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            if not self._running:
+                worker.work_queue.put((proxy.priority, next(worker._seq), proxy, consumer))
+                break
+            worker.process_message(proxy, consumer)
+        broker.emit_before("worker_thread_shutdown", self)
+
+    def stop(self) -> None:
+        self._running = False
+
+
+class _EventLoopThread:
+    """An asyncio event loop in its own thread, shared by a worker's async actors."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="django-actors-asyncio", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Any) -> Any:
+        """Run ``coroutine`` on the loop and wait for it from this thread.
+
+        The caller's context variables (the current message) are visible to it.
+        """
+        context = contextvars.copy_context()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def start() -> None:
+            task = self.loop.create_task(coroutine)
+
+            def done(task: asyncio.Task[Any]) -> None:
+                if task.cancelled():
+                    future.cancel()
+                elif task.exception() is not None:
+                    future.set_exception(task.exception())  # type: ignore[arg-type]
+                else:
+                    future.set_result(task.result())
+
+            task.add_done_callback(done)
+            future.add_done_callback(lambda f: f.cancelled() and self.loop.call_soon_threadsafe(task.cancel))
+            self._task = task
+
+        self.loop.call_soon_threadsafe(context.run, start)
+        try:
+            while True:
+                try:
+                    return future.result(timeout=0.1)
+                except concurrent.futures.TimeoutError:
+                    continue
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
