@@ -343,7 +343,7 @@ def test_barrier_releases_every_party_when_the_last_arrives(make_backend: Backen
     for thread in threads:
         thread.start()
     # Both parties have arrived and are blocked.
-    wait_for(lambda: backend.get(f"{key}@arrived") == 2)
+    wait_for(lambda: backend.count_members(f"{key}@arrived") == 2)
     threads[0].join(timeout=0.1)
     assert all(thread.is_alive() for thread in threads)
     assert results == []
@@ -395,6 +395,17 @@ def test_barrier_expires_after_ttl(backend: RateLimiterBackend) -> None:
     with pytest.raises(RuntimeError, match="does not exist"):
         barrier.wait(timeout=10)
     assert barrier.create(2) is True
+
+
+def test_barrier_arrivals_are_idempotent(backend: RateLimiterBackend) -> None:
+    # A party's arrival retried after a dropped connection must not count twice,
+    # or the barrier would release before every party arrived.
+    key = unique_key()
+    assert backend.add_member(key, "party-1", 60_000) == 1
+    assert backend.add_member(key, "party-1", 60_000) == 1
+    assert backend.add_member(key, "party-2", 60_000) == 2
+    assert backend.count_members(key) == 2
+    assert backend.count_members(unique_key()) == 0
 
 
 # Bad input ------------------------------------------------------------------------
@@ -512,7 +523,7 @@ def test_redis_keys_are_namespaced_and_all_expire(redis_url: str, redis_client: 
             ("window", key),
             ("bucket", key),
             ("value", key),
-            ("value", f"{key}@arrived"),
+            ("members", f"{key}@arrived"),
             ("events", key),
         ]
     )

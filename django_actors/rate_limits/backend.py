@@ -17,7 +17,7 @@ class RateLimiterBackend:
     thread-safe.
     """
 
-    # Plain counters (Barrier) ----------------------------------------------------
+    # Values and sets (Barrier) ----------------------------------------------------
 
     def add(self, key: str, value: int, ttl: int) -> bool:
         """Store ``value`` under ``key`` unless the key exists.
@@ -36,18 +36,23 @@ class RateLimiterBackend:
         """Return the value stored under ``key``, or None when it is absent or expired."""
         raise NotImplementedError
 
-    def incr(self, key: str, amount: int, ttl: int) -> int:
-        """Add ``amount`` to the value under ``key`` (0 when absent).
+    def add_member(self, key: str, member: str, ttl: int) -> int:
+        """Add ``member`` to the set under ``key``; adding it twice changes nothing,
+        so a call retried after a dropped connection is not counted twice.
 
         Parameters:
-          key: the key.
-          amount: what to add.
-          ttl: how long a key created by this call lives, in milliseconds;
-            the expiry of an existing key is left alone.
+          key: the set's key.
+          member: the member.
+          ttl: how long a set created by this call lives, in milliseconds;
+            the expiry of an existing set is left alone.
 
         Returns:
-          The new value.
+          The set's size after the call.
         """
+        raise NotImplementedError
+
+    def count_members(self, key: str) -> int:
+        """Return the size of the set under ``key`` (0 when absent or expired)."""
         raise NotImplementedError
 
     # Events (Barrier) --------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 
 from .backend import RateLimiterBackend
 from .rate_limiter import check_backend, check_key, check_positive_int
@@ -67,7 +68,7 @@ class Barrier:
         parties = self.backend.get(self.key)
         if parties is None:
             raise RuntimeError(f"Barrier {self.key!r} does not exist: call create(parties) first (or it expired)")
-        arrived = self.backend.incr(self._arrived_key, 1, self.ttl)
+        arrived = self.backend.add_member(self._arrived_key, uuid.uuid4().hex, self.ttl)
         if arrived >= parties:
             if arrived == parties:
                 self.backend.notify(self.key, parties - 1, self.ttl)
@@ -77,7 +78,7 @@ class Barrier:
         if self.backend.wait(self.key, self.ttl if timeout is None else math.ceil(timeout)):
             return True
         # Released at the very end of the wait?
-        return (self.backend.get(self._arrived_key) or 0) >= parties
+        return self.backend.count_members(self._arrived_key) >= parties
 
     def __repr__(self) -> str:
         return f"Barrier(key={self.key!r})"

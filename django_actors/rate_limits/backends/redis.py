@@ -31,13 +31,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS[1] counter; ARGV amount, ttl. Returns the new value.
-_INCR = """
-local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+# KEYS[1] set; ARGV member, ttl. Returns the set's size.
+_ADD_MEMBER = """
+redis.call('SADD', KEYS[1], ARGV[1])
 if redis.call('PTTL', KEYS[1]) < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return value
+return redis.call('SCARD', KEYS[1])
 """
 
 # KEYS[1] sorted set holder -> expiry; ARGV holder, limit, ttl. Returns 1 when granted.
@@ -97,7 +97,7 @@ return 1
 def _translate_errors() -> Iterator[None]:
     try:
         yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError) as exc:
         raise ConnectionClosed(f"lost the connection to Redis: {exc}") from exc
 
 
@@ -144,7 +144,7 @@ class RedisBackend(RateLimiterBackend):
         else:
             self.client = redis.Redis.from_url(url or DEFAULT_URL, **client_options)
         self.namespace = namespace
-        self._incr: Script = self.client.register_script(_INCR)
+        self._add_member: Script = self.client.register_script(_ADD_MEMBER)
         self._acquire_lease: Script = self.client.register_script(_ACQUIRE_LEASE)
         self._add_to_window: Script = self.client.register_script(_ADD_TO_WINDOW)
         self._incr_bucket: Script = self.client.register_script(_INCR_BUCKET)
@@ -161,9 +161,13 @@ class RedisBackend(RateLimiterBackend):
             value = self.client.get(self._key("value", key))
         return None if value is None else int(value)
 
-    def incr(self, key: str, amount: int, ttl: int) -> int:
+    def add_member(self, key: str, member: str, ttl: int) -> int:
         with _translate_errors():
-            return int(self._incr(keys=[self._key("value", key)], args=[amount, ttl]))
+            return int(self._add_member(keys=[self._key("members", key)], args=[member, ttl]))
+
+    def count_members(self, key: str) -> int:
+        with _translate_errors():
+            return int(self.client.scard(self._key("members", key)))
 
     def notify(self, key: str, count: int, ttl: int) -> None:
         if count <= 0:

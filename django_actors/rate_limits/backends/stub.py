@@ -24,6 +24,7 @@ class StubBackend(RateLimiterBackend):
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._values: dict[str, tuple[int, float]] = {}
+        self._sets: dict[str, tuple[set[str], float]] = {}
         self._events: dict[str, tuple[int, float]] = {}
         self._leases: dict[str, dict[str, float]] = {}
         self._windows: dict[str, deque[float]] = {}
@@ -50,16 +51,29 @@ class StubBackend(RateLimiterBackend):
         with self._changed:
             return self._value(key, _now())
 
-    def incr(self, key: str, amount: int, ttl: int) -> int:
+    def _members(self, key: str, now: float) -> set[str] | None:
+        entry = self._sets.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= now:
+            del self._sets[key]
+            return None
+        return entry[0]
+
+    def add_member(self, key: str, member: str, ttl: int) -> int:
         with self._changed:
             now = _now()
-            current = self._value(key, now)
-            if current is None:
-                self._values[key] = (amount, now + ttl / 1000)
-                return amount
-            value = current + amount
-            self._values[key] = (value, self._values[key][1])
-            return value
+            members = self._members(key, now)
+            if members is None:
+                members = set()
+                self._sets[key] = (members, now + ttl / 1000)
+            members.add(member)
+            return len(members)
+
+    def count_members(self, key: str) -> int:
+        with self._changed:
+            members = self._members(key, _now())
+            return 0 if members is None else len(members)
 
     def notify(self, key: str, count: int, ttl: int) -> None:
         if count <= 0:
@@ -133,6 +147,7 @@ class StubBackend(RateLimiterBackend):
     def flush(self) -> None:
         with self._changed:
             self._values.clear()
+            self._sets.clear()
             self._events.clear()
             self._leases.clear()
             self._windows.clear()
