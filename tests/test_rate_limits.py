@@ -397,6 +397,23 @@ def test_barrier_expires_after_ttl(backend: RateLimiterBackend) -> None:
     assert barrier.create(2) is True
 
 
+def test_barrier_arrival_after_a_lost_release_releases_the_waiters(make_backend: BackendFactory) -> None:
+    key = unique_key()
+    backend = make_backend()
+    barrier = Barrier(backend, key)
+    barrier.create(2)
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(Barrier(make_backend(), key).wait(timeout=10_000)))
+    waiter.start()
+    wait_for(lambda: backend.count_members(f"{key}@arrived") == 1)
+    # The last party arrived but its release notification never happened
+    # (its connection dropped); it calls wait() again.
+    backend.add_member(f"{key}@arrived", "party-whose-notify-was-lost", 60_000)
+    assert barrier.wait(timeout=0) is True
+    waiter.join(timeout=5)
+    assert results == [True]
+
+
 def test_barrier_arrivals_are_idempotent(backend: RateLimiterBackend) -> None:
     # A party's arrival retried after a dropped connection must not count twice,
     # or the barrier would release before every party arrived.

@@ -70,8 +70,10 @@ class Barrier:
             raise RuntimeError(f"Barrier {self.key!r} does not exist: call create(parties) first (or it expired)")
         arrived = self.backend.add_member(self._arrived_key, uuid.uuid4().hex, self.ttl)
         if arrived >= parties:
-            if arrived == parties:
-                self.backend.notify(self.key, parties - 1, self.ttl)
+            # Late arrivals notify again, in case the release notification was
+            # lost (a connection dropped right after the last arrival): the
+            # unclaimed ones expire with the barrier.
+            self.backend.notify(self.key, parties - 1, self.ttl)
             return True
         if not block:
             return False
