@@ -20,6 +20,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _registry: dict[str, Actor[Any, Any]] = {}
+#: Options that name another actor; an Actor given for them is sent as its name.
+_CALLBACK_OPTIONS = ("on_success", "on_failure", "on_retry_exhausted")
 _registry_lock = threading.Lock()
 
 
@@ -111,6 +113,12 @@ class Actor(Generic[P, R]):
         for name in ("delay",):
             if name in options:
                 raise TypeError(f"{name!r} is an argument of send_with_options, not a message option.")
+        for name in _CALLBACK_OPTIONS:
+            value = options.get(name)
+            if isinstance(value, Actor):
+                options[name] = value.actor_name  # messages carry names, not objects
+            elif value is not None and not isinstance(value, str):
+                raise TypeError(f"Option {name!r} must be an actor or an actor name, not {type(value).__name__}.")
         return Message(
             queue_name=self.queue_name,
             actor_name=self.actor_name,
@@ -232,7 +240,7 @@ def actor(
     """
 
     def decorator(fn: Callable[..., Any]) -> Actor[Any, Any]:
-        name = actor_name or fn.__name__
+        name = fn.__name__ if actor_name is None else actor_name
         known = broker.actor_options if broker is not None else _known_actor_options()
         invalid = set(options) - known
         if invalid:
@@ -248,14 +256,15 @@ def actor(
             priority=priority,
             options=options,
         )
-        with _registry_lock:
-            _registry[name] = instance
         if broker is None:
             from . import broker as broker_module
 
             current = broker_module._broker
             if current is not None:
                 current.declare_actor(instance)
+        # Registered once declared, so an actor the broker rejected is not kept.
+        with _registry_lock:
+            _registry[name] = instance
         return instance
 
     if fn is None:
@@ -272,16 +281,16 @@ class _GenericActorMeta(type):
         if meta is not None:
             inherited.update({k: v for k, v in vars(meta).items() if not k.startswith("__")})
         cls._meta_options = inherited  # type: ignore[attr-defined]
-        if inherited.get("abstract") or name == "GenericActor" and not bases[:-1] and bases == ():
-            return cls
-        if not inherited.get("abstract") and "perform" not in dir(cls):
-            raise TypeError(f"{name} must define perform().")
         if inherited.get("abstract"):
             return cls
-        options = {k: v for k, v in inherited.items() if k != "abstract"}
+        perform = getattr(cls, "perform", None)
+        if perform is None or perform is GenericActor.perform:
+            raise TypeError(f"{name} must define perform(), or set abstract = True in its Meta.")
+        options = dict(inherited)
         options.setdefault("actor_name", name)
         instance = cls()
-        return actor(instance, **options)
+        # The bound perform is the actor's function, so an async perform runs as async.
+        return actor(instance.perform, **options)
 
 
 class GenericActor(metaclass=_GenericActorMeta):
@@ -295,10 +304,6 @@ class GenericActor(metaclass=_GenericActorMeta):
 
     class Meta:
         abstract = True
-
-    @property
-    def __name__(self) -> str:  # used by the actor decorator for the default name
-        return type(self).__name__
 
     def perform(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError

@@ -47,7 +47,7 @@ class JSONEncoder(Encoder):
     def decode(self, data: bytes) -> MessageData:
         try:
             text = data.decode("utf-8") if isinstance(data, bytes | bytearray | memoryview) else data
-            value = self._decoder.decode(text)  # type: ignore[arg-type]
+            value = self._decoder.decode(text)
         except (UnicodeDecodeError, ValueError, TypeError) as exc:
             raise DecodeError(f"payload is not valid JSON: {exc}", data, exc) from exc
         if not isinstance(value, dict):

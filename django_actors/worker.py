@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import ActorNotFound, ConnectionError, Retry
-from .middleware.middleware import SkipMessage
+from .middleware.middleware import SkipMessage, get_option
 
 if TYPE_CHECKING:
     from .actor import Actor
@@ -60,6 +60,9 @@ class Worker:
         self.workers: list[_WorkerThread] = []
         self._running = False
         self._paused = threading.Event()
+        #: Guards starting a message against pause(); counts messages running.
+        self._activity = threading.Condition()
+        self._active = 0
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -97,12 +100,24 @@ class Worker:
                 thread.start()
 
     def pause(self) -> None:
-        """Stop fetching and running messages until :meth:`resume`."""
-        self._paused.set()
+        """Stop fetching and running messages until :meth:`resume`.
+
+        Returns once the messages already running have finished (at once when
+        called from one of this worker's threads); no message starts after.
+        """
+        with self._activity:
+            self._paused.set()
+            current = threading.current_thread()
+            if current in self.workers or (self._loop is not None and current is self._loop._thread):
+                return
+            while self._active and self._paused.is_set():
+                self._activity.wait()
 
     def resume(self) -> None:
         """Undo :meth:`pause`."""
-        self._paused.clear()
+        with self._activity:
+            self._paused.clear()
+            self._activity.notify_all()
 
     @property
     def paused(self) -> bool:
@@ -122,11 +137,11 @@ class Worker:
         with self._lock:
             self._running = False
         self._stopping.set()
-        self._paused.clear()
         for consumer in self.consumers.values():
             consumer.stop()
         for worker in self.workers:
             worker.stop()
+        self._paused.clear()
         deadline = time.monotonic() + timeout / 1000
         for consumer in self.consumers.values():
             consumer.join(max(deadline - time.monotonic(), 0))
@@ -137,7 +152,7 @@ class Worker:
             if worker.is_alive():
                 logger.warning("A worker thread did not finish its message within %d ms.", timeout)
         for consumer in self.consumers.values():
-            consumer.close()
+            consumer.close()  # a consumer thread still fetching closes it when it exits
         if self._loop is not None:
             self._loop.stop()
         self.broker.emit_after("worker_shutdown", self)
@@ -199,6 +214,8 @@ class Worker:
             except BaseException as exc:
                 if isinstance(exc, Retry):
                     logger.info("Message %s asked for a retry: %s", proxy.message_id, exc)
+                elif _is_thrown(broker, proxy, exc):
+                    logger.info("Actor %s raised %r, which it throws.", proxy.actor_name, exc)
                 else:
                     logger.error("Actor %s failed on message %s.", proxy.actor_name, proxy.message_id, exc_info=True)
                 proxy.stuff_exception(exc)
@@ -210,6 +227,15 @@ class Worker:
         if not actor.is_async:
             return actor.fn(*proxy.args, **proxy.kwargs)
         return self._event_loop().run(actor.fn(*proxy.args, **proxy.kwargs))
+
+
+def _is_thrown(broker: Broker, proxy: MessageProxy, exc: BaseException) -> bool:
+    """Whether ``exc`` is one the actor declares in ``throws`` (expected: no error log)."""
+    throws = get_option(broker, proxy, "throws")
+    try:
+        return bool(throws) and isinstance(exc, throws)
+    except TypeError:  # not a class or tuple of classes
+        return False
 
 
 class _ConsumerThread(threading.Thread):
@@ -225,9 +251,21 @@ class _ConsumerThread(threading.Thread):
         self._room = threading.Condition()
         self._running = True
         self._closed = False
+        self._close_requested = False
+        self._exited = False
         self.consumer: Consumer | None = None
 
     def run(self) -> None:
+        try:
+            self._consume()
+        finally:
+            with self._room:
+                self._exited = True
+                close_now = self._close_requested
+            if close_now:
+                self._close()
+
+    def _consume(self) -> None:
         worker = self.worker
         backoff = 0.1
         while self._running:
@@ -247,7 +285,9 @@ class _ConsumerThread(threading.Thread):
                 proxies = self.consumer.fetch(room)
                 backoff = 0.1
             except ConnectionError as exc:
-                logger.warning("Consumer for %r lost its connection (%s); retrying in %.1fs.", self.queue_name, exc, backoff)
+                logger.warning(
+                    "Consumer for %r lost its connection (%s); retrying in %.1fs.", self.queue_name, exc, backoff
+                )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
@@ -258,15 +298,26 @@ class _ConsumerThread(threading.Thread):
                 continue
             if not proxies:
                 continue
-            with self._room:
-                self.in_flight += len(proxies)
             for proxy in proxies:
                 actor = self.broker.actors.get(proxy.actor_name)
                 proxy.priority = actor.priority if actor is not None else 0
-                worker.work_queue.put((proxy.priority, next(worker._seq), proxy, self))
-            if not self._running:
-                break
+            with self._room:
+                # Checked under the lock stop() takes: what the worker's hand-back
+                # cannot see any more goes straight back to the broker.
+                if not self._running:
+                    self._hand_back_late(proxies)
+                    break
+                self.in_flight += len(proxies)
+                for proxy in proxies:
+                    worker.work_queue.put((proxy.priority, next(worker._seq), proxy, self))
         self.broker.emit_before("consumer_thread_shutdown", self)
+
+    def _hand_back_late(self, proxies: list[MessageProxy]) -> None:
+        assert self.consumer is not None
+        try:
+            self.consumer.requeue(proxies)
+        except Exception:
+            logger.exception("Could not hand back %d message(s); they will be delivered again.", len(proxies))
 
     def settle(self, proxy: MessageProxy) -> None:
         """Ack or nack a processed message (called from worker threads)."""
@@ -302,11 +353,19 @@ class _ConsumerThread(threading.Thread):
                 self._room.notify_all()
 
     def stop(self) -> None:
-        self._running = False
         with self._room:
+            self._running = False
             self._room.notify_all()
 
     def close(self) -> None:
+        """Close the consumer now, or when the thread exits if it is still fetching."""
+        with self._room:
+            self._close_requested = True
+            if not self._exited:
+                return
+        self._close()
+
+    def _close(self) -> None:
         if self._closed:
             return
         self._closed = True
@@ -335,13 +394,24 @@ class _WorkerThread(threading.Thread):
                 time.sleep(min(timeout, 0.05))
                 continue
             try:
-                _, _, proxy, consumer = worker.work_queue.get(timeout=timeout)
+                item = worker.work_queue.get(timeout=timeout)
             except queue.Empty:
                 continue
+            _, _, proxy, consumer = item
             if not self._running:
-                worker.work_queue.put((proxy.priority, next(worker._seq), proxy, consumer))
+                worker.work_queue.put(item)
                 break
-            worker.process_message(proxy, consumer)
+            with worker._activity:
+                if worker._paused.is_set():  # paused while this thread waited
+                    worker.work_queue.put(item)
+                    continue
+                worker._active += 1
+            try:
+                worker.process_message(proxy, consumer)
+            finally:
+                with worker._activity:
+                    worker._active -= 1
+                    worker._activity.notify_all()
         broker.emit_before("worker_thread_shutdown", self)
 
     def stop(self) -> None:
@@ -371,7 +441,7 @@ class _EventLoopThread:
                 if task.cancelled():
                     future.cancel()
                 elif task.exception() is not None:
-                    future.set_exception(task.exception())  # type: ignore[arg-type]
+                    future.set_exception(task.exception())
                 else:
                     future.set_result(task.result())
 
@@ -393,3 +463,5 @@ class _EventLoopThread:
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()

@@ -50,8 +50,8 @@ class StubBroker(Broker):
         self._queues: dict[str, _StubQueue] = {}
         self._seq = itertools.count()
         self.dead_letters_by_queue: dict[str, list[MessageProxy]] = {}
-        #: Failures seen since the last join(), for ``fail_fast``.
-        self._failures: list[MessageProxy] = []
+        #: Dead letters not yet raised by a ``join(fail_fast=True)``, by queue.
+        self._unreported: dict[str, list[MessageProxy]] = {}
         super().__init__(middleware, **kwargs)
 
     @property
@@ -101,7 +101,12 @@ class StubBroker(Broker):
 
     def _dead_letter(self, proxy: MessageProxy) -> None:
         self.dead_letters_by_queue.setdefault(proxy.queue_name, []).append(proxy)
-        self._failures.append(proxy)
+        self._unreported.setdefault(proxy.queue_name, []).append(proxy)
+
+    def _forget_unreported(self, proxies: list[MessageProxy]) -> None:
+        gone = {id(proxy) for proxy in proxies}
+        for letters in self._unreported.values():
+            letters[:] = [proxy for proxy in letters if id(proxy) not in gone]
 
     def flush(self, queue_name: str) -> None:
         with self._lock:
@@ -117,7 +122,7 @@ class StubBroker(Broker):
                 queue.delayed.clear()
             for letters in self.dead_letters_by_queue.values():
                 letters.clear()
-            self._failures.clear()
+            self._unreported.clear()
             self._lock.notify_all()
 
     def join(self, queue_name: str, *, timeout: int | None = None, fail_fast: bool = False) -> None:
@@ -125,8 +130,11 @@ class StubBroker(Broker):
 
         Parameters:
           timeout: milliseconds; ``None`` waits forever.
-          fail_fast: raise the exception of the first message that failed for
-            good while waiting, instead of waiting on.
+          fail_fast: raise the exception of the first message of this queue
+            that was dead-lettered and not yet raised by an earlier
+            ``fail_fast`` join (also when it failed before this call),
+            instead of waiting on. The other unreported failures of the
+            queue are considered reported with it.
 
         Raises:
           QueueJoinTimeout: the timeout ran out.
@@ -134,11 +142,11 @@ class StubBroker(Broker):
         deadline = None if timeout is None else time.monotonic() + timeout / 1000
         with self._lock:
             queue = self._queue(queue_name)
-            self._failures.clear()
             while True:
-                if fail_fast and self._failures:
-                    failed = self._failures[0]
-                    self._failures.clear()
+                failures = self._unreported.get(queue_name)
+                if fail_fast and failures:
+                    failed = failures[0]
+                    failures.clear()
                     raise failed.exception or RuntimeError(failed.fail_reason or "message failed")
                 if queue.empty:
                     return
@@ -152,13 +160,18 @@ class StubBroker(Broker):
 
     def requeue_dead_letters(self, message_ids: Iterable[str] | None = None) -> int:
         wanted = None if message_ids is None else set(message_ids)
-        moved = []
+        moved: list[MessageProxy] = []
         with self._lock:
             for letters in self.dead_letters_by_queue.values():
-                keep = []
+                keep: list[MessageProxy] = []
                 for proxy in letters:
                     (moved if wanted is None or proxy.message_id in wanted else keep).append(proxy)
                 letters[:] = keep
+            self._forget_unreported(moved)
+            for proxy in moved:
+                if not proxy.message.actor_name:  # undecodable: hand back the bytes as they were
+                    self._queue(proxy.queue_name).ready.append(proxy.tag)
+            self._lock.notify_all()
         self.enqueue_many([p.message for p in moved if p.message.actor_name])
         return len(moved)
 
@@ -168,6 +181,7 @@ class StubBroker(Broker):
         with self._lock:
             for letters in self.dead_letters_by_queue.values():
                 keep = [p for p in letters if wanted is not None and p.message_id not in wanted]
+                self._forget_unreported([p for p in letters if p not in keep])
                 count += len(letters) - len(keep)
                 letters[:] = keep
         return count
@@ -206,7 +220,7 @@ class StubConsumer(Consumer):
             proxy = MessageProxy(Message.decode(data), tag=data)
         except DecodeError as exc:
             # Undecodable: dead-letter it at once, with its reason.
-            placeholder = Message(
+            placeholder: Message[Any] = Message(
                 queue_name=self.queue_name, actor_name="", args=(), kwargs={}, options={}
             )
             proxy = MessageProxy(placeholder, tag=data)
@@ -231,7 +245,7 @@ class StubConsumer(Consumer):
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         with self.broker._lock:
             queue = self.broker._queue(self.queue_name)
-            for proxy in messages:
-                queue.ready.appendleft(proxy.tag)
-                queue.unacked -= 1
+            tags = [proxy.tag for proxy in messages]
+            queue.ready.extendleft(reversed(tags))  # back at the front, in their order
+            queue.unacked -= len(tags)
             self.broker._lock.notify_all()

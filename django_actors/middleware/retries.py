@@ -83,10 +83,7 @@ class Retries(Middleware):
         retries = message.options.get("retries", 0)
         max_retries = get_option(broker, message, "max_retries", self.max_retries)
         retry_when = get_option(broker, message, "retry_when", self.retry_when)
-        if retry_when is not None:
-            should_retry = bool(retry_when(retries, exception))
-        else:
-            should_retry = retries < max_retries
+        should_retry = bool(retry_when(retries, exception)) if retry_when is not None else retries < max_retries
         if not should_retry:
             logger.warning("Retries exceeded for message %s.", message.message_id)
             message.fail()

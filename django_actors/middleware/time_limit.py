@@ -26,7 +26,7 @@ def raise_in_thread(thread_id: int, exception: type[BaseException]) -> bool:
     The exception arrives at the thread's next Python bytecode; a thread
     blocked in C code sees it when it returns to Python.
     """
-    changed = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+    changed: int = ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(thread_id), ctypes.py_object(exception)
     )
     if changed > 1:  # pragma: no cover - defensive, as the C API asks
