@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from .actor import Actor, GenericActor, actor
 from .broker import Broker, Consumer, MessageProxy, get_broker, set_broker
-from .composition import group, pipeline
+from .composition import CompositionNotFound, group, pipeline
+from .composition import cancel as cancel_composition
+from .composition import progress as composition_progress
 from .encoder import Encoder, JSONEncoder, PickleEncoder, get_encoder, set_encoder
 from .errors import (
     ActorNotFound,
@@ -43,6 +45,7 @@ __all__ = [
     "ActorNotFound",
     "Broker",
     "BrokerError",
+    "CompositionNotFound",
     "ConnectionClosed",
     "ConnectionError",
     "ConnectionFailed",
@@ -64,6 +67,8 @@ __all__ = [
     "Retry",
     "Worker",
     "actor",
+    "cancel_composition",
+    "composition_progress",
     "get_broker",
     "get_encoder",
     "group",
