@@ -1,0 +1,1 @@
+"""Small Django apps used as fixtures by the tests."""
