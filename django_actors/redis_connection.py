@@ -1,0 +1,220 @@
+"""Redis clients for the Redis broker and results backend.
+
+Both take the same three ways to reach Redis, exactly one of them:
+
+- ``url="redis://host:6379/0"`` (plus any redis-py option as keyword
+  arguments): a client of their own, rebuilt in each forked process;
+- ``client=redis.Redis(...)``: a client you built;
+- ``cache="default"``: the connection of a ``CACHES`` alias, either a
+  django-redis cache or Django's own ``RedisCache``.
+
+With none of them, ``redis://127.0.0.1:6379/0`` (or the keyword options, as
+``host=``/``port=``/``db=``) is used, as dramatiq does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .errors import ConnectionClosed
+
+#: The URL used when neither url, client, cache nor connection options are given.
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+#: redis-py errors that mean "the connection is gone or Redis is not serving".
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,  # includes BusyLoadingError (Redis loading its AOF)
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,  # a replica during a failover
+)
+
+
+@contextlib.contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn redis-py connection errors into :class:`ConnectionClosed`.
+
+    Parameters:
+      what: what was being done, for the error text ("fetching from 'default'").
+    """
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        raise ConnectionClosed(f"Redis connection lost while {what}: {type(exc).__name__}: {exc}") from exc
+
+
+class RedisConnection:
+    """Hands out a redis-py client for the current process.
+
+    A client built here from a URL is rebuilt after a fork, so a forked
+    worker never shares sockets with its parent. A client passed in (or
+    taken from a cache) is kept: redis-py's pool already resets itself in a
+    forked child, and a cache alias is looked up again in the child.
+
+    Parameters:
+      url: a ``redis://`` / ``rediss://`` / ``unix://`` URL.
+      client: a ``redis.Redis`` built by the caller.
+      cache: a ``CACHES`` alias backed by Redis.
+      options: redis-py connection options for a client built here.
+
+    Raises:
+      ValueError: more than one of url, client and cache; options given with
+        client or cache; a client that decodes responses.
+      TypeError: ``client`` is not a ``redis.Redis``.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        client: redis.Redis | None = None,
+        cache: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        given = [name for name, value in (("url", url), ("client", client), ("cache", cache)) if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"Pass only one of url=, client= or cache= (got {' and '.join(given)}).")
+        options = dict(options or {})
+        if options and (client is not None or cache is not None):
+            raise ValueError(
+                f"Connection options ({', '.join(sorted(options))}) only apply to a client built from url=; "
+                "configure the client or the cache itself instead."
+            )
+        if client is not None and not isinstance(client, redis.Redis):
+            raise TypeError(f"client must be a redis.Redis, not {type(client).__name__}.")
+        if url is not None and not isinstance(url, str):
+            raise TypeError(f"url must be a string, not {type(url).__name__}.")
+        if cache is not None and not isinstance(cache, str):
+            raise TypeError(f"cache must be the name of a CACHES alias, not {type(cache).__name__}.")
+        if options.get("decode_responses"):
+            raise ValueError("decode_responses=True is not supported: messages are bytes.")
+        self.url = url
+        self.cache = cache
+        self.options = options
+        self._given_client = client
+        self._lock = threading.Lock()
+        self._client: redis.Redis | None = None
+        self._pid = 0
+        #: Whether the client was built here (and may be closed here).
+        self.owns_client = client is None and cache is None
+        if client is not None:
+            self._check(client, "client")
+
+    @staticmethod
+    def _check(client: redis.Redis, where: str) -> None:
+        kwargs = client.get_connection_kwargs()
+        if kwargs.get("decode_responses"):
+            raise ValueError(
+                f"The Redis {where} decodes responses (decode_responses=True); django_actors needs "
+                "bytes. Use a client without decode_responses."
+            )
+
+    def _build(self) -> redis.Redis:
+        if self._given_client is not None:
+            return self._given_client
+        if self.cache is not None:
+            client = client_for_cache(self.cache)
+            self._check(client, f"cache {self.cache!r}")
+            return client
+        options = dict(self.options)
+        # No hidden retries: a retried script could run twice without the
+        # caller knowing. The callers retry with backoff themselves.
+        options.setdefault("retry", Retry(NoBackoff(), 0))
+        if self.url is None and not {"host", "port", "unix_socket_path"} & set(options):
+            return redis.Redis.from_url(DEFAULT_URL, **options)
+        if self.url is None:
+            return redis.Redis(**options)
+        return redis.Redis.from_url(self.url, **options)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The client for this process."""
+        pid = os.getpid()
+        client = self._client
+        if client is not None and self._pid == pid:
+            return client
+        with self._lock:
+            if self._client is None or self._pid != pid:
+                self._client = self._build()
+                self._pid = pid
+            return self._client
+
+    @property
+    def socket_timeout(self) -> float | None:
+        """The client's read timeout in seconds (``None``: no timeout)."""
+        value = self.client.get_connection_kwargs().get("socket_timeout")
+        return float(value) if value else None
+
+    def max_block(self, ceiling: float = 5.0) -> float:
+        """The longest a blocking command (BLPOP) may wait, in seconds, so that
+        it returns before the socket's read timeout fires."""
+        timeout = self.socket_timeout
+        if timeout is None:
+            return ceiling
+        return max(min(ceiling, timeout - 0.5, timeout * 0.8), 0.01)
+
+    def describe(self) -> str:
+        """Where the client connects, for messages (no password)."""
+        if self.cache is not None:
+            return f"cache {self.cache!r}"
+        kwargs = self.client.get_connection_kwargs()
+        if kwargs.get("path"):
+            return f"unix://{kwargs['path']}"
+        return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+
+    def close(self) -> None:
+        """Close the client's connections if it was built here (in this process)."""
+        with self._lock:
+            client, self._client = self._client, None
+            mine = self._pid == os.getpid()
+        if client is not None and self.owns_client and mine:
+            client.close()
+            client.connection_pool.disconnect()
+
+
+def client_for_cache(alias: str) -> redis.Redis:
+    """The redis-py client behind a ``CACHES`` alias.
+
+    Raises:
+      django.core.exceptions.ImproperlyConfigured: no such alias, or it is not
+        a Redis cache.
+    """
+    from django.conf import settings
+    from django.core.cache import caches
+    from django.core.exceptions import ImproperlyConfigured
+
+    if alias not in getattr(settings, "CACHES", {}):
+        raise ImproperlyConfigured(f"cache={alias!r}: there is no CACHES[{alias!r}] in the Django settings.")
+    backend = caches[alias]
+    module = type(backend).__module__
+    if module.startswith("django_redis"):
+        from django_redis import get_redis_connection  # type: ignore[import-untyped]
+
+        try:
+            client = get_redis_connection(alias)
+        except NotImplementedError as exc:
+            raise ImproperlyConfigured(
+                f"cache={alias!r}: the django-redis client of this cache does not expose a raw connection ({exc})."
+            ) from exc
+    else:
+        from django.core.cache.backends.redis import RedisCache
+
+        if not isinstance(backend, RedisCache):
+            raise ImproperlyConfigured(
+                f"cache={alias!r} is a {type(backend).__module__}.{type(backend).__name__}, not a Redis cache: "
+                "use django_redis.cache.RedisCache or django.core.cache.backends.redis.RedisCache."
+            )
+        client = backend._cache.get_client(write=True)
+    if not isinstance(client, redis.Redis):
+        raise ImproperlyConfigured(
+            f"cache={alias!r} gives a {type(client).__name__}, not a redis.Redis client (Redis Cluster "
+            "is not supported here)."
+        )
+    return client
