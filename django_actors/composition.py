@@ -2,50 +2,84 @@
 
 How it works
 ------------
-``run()`` writes a small record per composition to the results backend (its
-kind, size, parent and callbacks) and, for pipelines, one record per step
-after the first. Then it enqueues the first messages in one batch. Every
-message of a composition carries ``options["composition"] = {"id", "pos",
-"path"}``: the id of the composition it belongs to, its position there, and
-the ids of all enclosing compositions. That is constant in size, however long
-the pipeline.
+``run()`` walks the whole composition once. In one call to the results
+backend it writes a record per composition, nested ones included (``meta``:
+kind, size, parent link, path of enclosing ids, callbacks), and a *launch
+spec* for every pipeline step after the first. Then it enqueues the first
+messages, in batches of :data:`BATCH_SIZE`. Every member message carries
+``options["composition"] = {"id", "pos", "path"}``: the composition it
+belongs to, its position there, and the ids of all enclosing compositions,
+root first. That is constant in size, however long the pipeline.
 
 When a member finishes, the Pipelines middleware records its result and adds
-its position to the composition's completion set in one atomic step. A
-pipeline then claims the right to send its next step and sends it; a group
-whose set just became full claims its completion and fires its callbacks.
-Claims hold the finishing message's id, so a message delivered twice never
-sends a step or fires a callback twice, while a redelivery of the message
-that crashed mid-way finishes the job. A finished composition reports to its
-parent the same way, so nesting of any depth works: a group inside a pipeline
-hands the list of its results to the next step (a chord).
+its position to the composition's completion set in one atomic step
+(``_add_member``). The delivery that *added* the position (a duplicate
+delivery of the same message finds it already there) acts: a pipeline sends
+its next step, a group whose set just became full fires its completion
+callbacks. Each action is then marked done. A duplicate delivery that finds
+no mark waits up to :data:`RECOVERY_WAIT` ms for it: the first delivery is
+either still busy (and will mark it) or died mid-way, and then the duplicate
+(normally the redelivery of that same message) claims and finishes the job.
+A finished composition reports to its parent the same way, so nesting of any
+depth works: a group inside a pipeline hands the list of its results to the
+next step (a chord).
 
 ``completed_count`` is the size of the completion set: one round trip, for
-10 members or 10,000, and nested members count only once they have finished
-entirely. A member that fails for good marks its compositions failed, so
-waiting callers get :class:`ResultFailure` at once and failure callbacks
-fire. ``cancel()`` stores a flag that members check before they start.
+10 members or 10,000, and a nested member counts only once it has finished
+entirely. A member that fails for good marks its composition and every
+enclosing one failed (first failure wins), so waiting callers get
+:class:`ResultFailure` at once, and groups' failure callbacks fire once.
+``cancel()`` stores a flag that members check before they start, and marks
+the composition and its ancestors cancelled (:class:`CompositionCancelled`).
+
+Brokers without a results backend keep dramatiq's behaviour: a pipeline of
+plain messages nests each next step in the ``pipe_target`` option, a group
+without callbacks just sends its messages.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Self
 
-from .broker import Broker, get_broker
+from .broker import Broker, NoResultsBackend, get_broker
+from .errors import MessageTooLarge
 from .message import Message
-from .middleware.middleware import SkipMessage
-from .results.backend import COMPOSITION_TTL, failure_record, unwrap
-from .results.errors import ResultMissing, ResultTimeout
+from .middleware.middleware import SkipMessage, get_option
+from .results.backend import COMPOSITION_TTL, DEFAULT_RESULT_TTL, failure_record, unwrap
+from .results.errors import ResultError, ResultMissing, ResultTimeout
 
 if TYPE_CHECKING:
     from .broker import MessageProxy
     from .results.backend import ResultBackend
 
-_NOTHING: Any = object()
-#: The option that carries composition membership.
+logger = logging.getLogger(__name__)
+
+#: The message option that carries composition membership.
 OPTION = "composition"
+#: How many messages go to the broker per ``enqueue_many`` call.
+BATCH_SIZE = 1000
+#: How long a duplicate delivery waits for the first delivery to finish
+#: advancing a composition before it takes over (milliseconds).
+RECOVERY_WAIT = 10_000
+#: The failure type stored for cancelled compositions.
+CANCELLED = "Cancelled"
+
+#: Errors that advancing a composition will hit again on every attempt (a
+#: result that cannot be encoded, a next message over the size limit...).
+_DETERMINISTIC = (TypeError, ValueError, MessageTooLarge)
+
+_NOTHING: Any = object()
+
+#: A completion event: (kind, composition id, position, result, path).
+_Item = tuple[str, str, int, Any, list[str]]
+
+
+class CompositionNotFound(ResultError, LookupError):
+    """No composition with this id: it never ran on this results backend, or
+    its records expired."""
 
 
 def _new_id() -> str:
@@ -60,6 +94,40 @@ def _ttl(backend: ResultBackend) -> int:
     return int(getattr(backend, "composition_ttl", COMPOSITION_TTL))
 
 
+def _kind_name(kind: str) -> str:
+    return "pipeline" if kind == "p" else "group"
+
+
+def _enqueue(broker: Broker, messages: Sequence[Message[Any]], delay: int | None = None) -> None:
+    """Enqueue ``messages`` in batches: one broker round trip per batch."""
+    for start in range(0, len(messages), BATCH_SIZE):
+        broker.enqueue_many(messages[start : start + BATCH_SIZE], delay=delay)
+
+
+def _check_encodable(broker: Broker, messages: Iterable[Message[Any]]) -> None:
+    """Encode every message once so that a bad one fails before anything is sent.
+
+    Raises:
+      TypeError: a message cannot be encoded (the text names the argument).
+      MessageTooLarge: a message is over the broker's ``max_message_size``.
+    """
+    for message in messages:
+        size = len(message.encode())
+        if size > broker.max_message_size:
+            raise MessageTooLarge(
+                f"Message for actor {message.actor_name!r} is {size} bytes encoded, "
+                f"over the limit of {broker.max_message_size} bytes."
+            )
+
+
+def _check_delay(delay: Any) -> int | None:
+    if delay is None:
+        return None
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+        raise ValueError(f"delay must be a non-negative number of milliseconds, not {delay!r}.")
+    return int(delay) or None
+
+
 class _Composition:
     """Shared behaviour of pipelines and groups."""
 
@@ -68,8 +136,10 @@ class _Composition:
 
     def __init__(self, broker: Broker | None) -> None:
         self._broker = broker
+        #: The composition's id, carried by its messages.
         self.id = _new_id()
         self._ran = False
+        self._scheduled = False
 
     @property
     def broker(self) -> Broker:
@@ -78,16 +148,19 @@ class _Composition:
 
     @property
     def backend(self) -> ResultBackend:
-        """The broker's results backend."""
+        """The broker's results backend.
+
+        Raises:
+          NoResultsBackend: the broker has no Results middleware.
+        """
         return self.broker.get_results_backend()
 
     def __len__(self) -> int:
         return len(self.children)
 
-    def spec(self) -> dict[str, Any]:
-        raise NotImplementedError
+    # Running ----------------------------------------------------------------------------
 
-    def run(self, *, delay: int | None = None) -> Any:
+    def run(self, *, delay: int | None = None) -> Self:
         """Send the composition's first messages.
 
         Parameters:
@@ -97,76 +170,64 @@ class _Composition:
           The composition itself.
 
         Raises:
-          RuntimeError: it already ran (build a new one to run again).
-          NoResultsBackend: the broker has no results backend.
+          RuntimeError: it already ran (build a new one to run it again).
+          ValueError: a pipeline in it is empty, or a composition appears twice.
           TypeError: a message cannot be encoded; nothing is sent.
+          MessageTooLarge: a message is too large; nothing is sent.
+          NoResultsBackend: the broker has no results backend and the
+            composition needs one (nesting, callbacks).
         """
-        if self._ran:
+        if self._ran or self._scheduled:
             raise RuntimeError(f"This {self.kind} already ran; build a new one to run it again.")
+        return self._run(_check_delay(delay))
+
+    def _run(self, delay: int | None) -> Self:
         broker = self.broker
         if not broker.has_results_backend():
             self._run_without_backend(broker, delay)
             self._ran = True
             return self
         backend = broker.get_results_backend()
-        records: dict[str, Any] = {}
+        plan = _Plan(backend)
+        spec = plan.add(self, None, [])
         messages: list[Message[Any]] = []
-        empty: list[tuple[str, Any]] = []
-        _launch(backend, self.spec(), None, _NOTHING, [], records, messages, empty)
-        for message in messages:  # fail before anything is written or sent
-            message.encode()
-        if records:
-            backend._store_many(records, _ttl(backend))
-        if messages:
-            broker.enqueue_many(messages, delay=delay)
-        self._ran = True
-        for composition_id, up in empty:
-            _finish(broker, backend, composition_id, [], f"run:{composition_id}")
+        empty: list[tuple[str, list[str]]] = []
+        _collect(broker, spec, _NOTHING, [], messages, empty)
+        _check_encodable(broker, messages)
+        backend._store_many(plan.records, _ttl(backend))
+        _enqueue(broker, messages, delay)
+        for composition in plan.compositions:
+            composition._ran = True
+        if empty:
+            _advance(broker, backend, [("empty", gid, 0, None, path) for gid, path in empty], f"run:{self.id}")
         return self
 
     def _run_without_backend(self, broker: Broker, delay: int | None) -> None:
-        """dramatiq-compatible mode for brokers without a results backend: a
-        pipeline of plain messages nests each next step in ``pipe_target``; a
-        group without callbacks just sends its messages."""
-        from .broker import NoResultsBackend
+        """dramatiq's behaviour for brokers without a results backend."""
+        raise NotImplementedError
 
-        if isinstance(self, pipeline) and all(isinstance(c, Message) for c in self.children):
-            if not self.children:
-                raise ValueError("A pipeline needs at least one message.")
-            target: dict[str, Any] | None = None
-            for step in reversed(self.children):
-                options = dict(step.options)  # type: ignore[union-attr]
-                if target is not None:
-                    options["pipe_target"] = target
-                target = step.copy(options=options).asdict()  # type: ignore[union-attr]
-            assert target is not None
-            broker.enqueue(Message.from_dict(target), delay=delay)
-            return
-        if isinstance(self, group) and not (self.callbacks or self.failure_callbacks):
-            broker.enqueue_many(self._leaf_messages_flat(), delay=delay)
-            return
-        raise NoResultsBackend(
-            f"This {self.kind} needs a results backend (nested compositions and callbacks "
-            "are tracked there): add the Results middleware."
-        )
+    def run_on_commit(self, *, delay: int | None = None, using: str | None = None) -> Self:
+        """Run once the current database transaction commits (at once outside one).
 
-    def _leaf_messages_flat(self) -> list[Message[Any]]:
-        if all(isinstance(c, Message) for c in self.children):
-            return list(self.children)
-        from .broker import NoResultsBackend
+        Every message is encoded now, so bad arguments fail here and nothing
+        is sent if the transaction rolls back.
 
-        raise NoResultsBackend(f"A nested {self.kind} needs a results backend.")
+        Parameters:
+          delay: milliseconds to wait before the first messages run.
+          using: the database alias whose transaction to follow.
 
-    def run_on_commit(self, *, using: str | None = None) -> Any:
-        """Run once the current database transaction commits.
-
-        Every message is encoded at once, so bad arguments fail here.
+        Raises:
+          RuntimeError: it already ran or is already scheduled.
+          TypeError: a message cannot be encoded.
         """
         from django.db import transaction
 
-        for message in self._leaf_messages():
-            message.encode()
-        transaction.on_commit(self.run, using=using)
+        if self._ran or self._scheduled:
+            raise RuntimeError(f"This {self.kind} already ran; build a new one to run it again.")
+        checked_delay = _check_delay(delay)
+        _check_encodable(self.broker, self._leaf_messages())
+        self._scheduled = True
+        transaction.on_commit(lambda: self._run(checked_delay), using=using)
         return self
 
     def _leaf_messages(self) -> list[Message[Any]]:
@@ -178,12 +239,12 @@ class _Composition:
                 found.extend(child._leaf_messages())
         return found
 
-    # Reading progress -------------------------------------------------------------
+    # Reading progress -----------------------------------------------------------------
 
     @property
     def completed_count(self) -> int:
-        """How many children finished (a nested composition counts once it has
-        finished entirely). One round trip, whatever the size."""
+        """How many children finished (a nested composition counts once it
+        has finished entirely). One round trip, whatever the size."""
         backend = self.backend
         return backend._count_members([_key(backend, self.id, "done")])[0]
 
@@ -191,6 +252,10 @@ class _Composition:
     def completed(self) -> bool:
         """Whether every child finished."""
         return self.completed_count >= len(self)
+
+    def progress(self) -> dict[str, Any]:
+        """This composition's progress: see :func:`progress`."""
+        return progress(self.id, broker=self.broker)
 
     def _end(self, *, block: bool, timeout: int | None) -> None:
         backend = self.backend
@@ -202,10 +267,11 @@ class _Composition:
             raise ResultMissing(f"The {self.kind} {self.id} has not finished yet.")
         unwrap(record, f"The {self.kind} {self.id}")
 
-    def _child_results(self) -> list[Any]:
+    def _child_results(self, positions: Iterable[int]) -> list[Any]:
         backend = self.backend
-        records = backend._get_many([_key(backend, self.id, f"r:{i}") for i in range(len(self))])
-        return [unwrap(record, f"Member {i} of {self.kind} {self.id}") if record else None for i, record in enumerate(records)]
+        positions = list(positions)
+        records = backend._get_many([_key(backend, self.id, f"r:{i}") for i in positions])
+        return [record.get("r") if record else None for record in records]
 
     def wait(self, *, timeout: int | None = None) -> None:
         """Block until the composition finishes.
@@ -220,17 +286,20 @@ class _Composition:
         """
         self._end(block=True, timeout=timeout)
 
-    def cancel(self) -> None:
+    def cancel(self) -> bool:
         """Cancel: members that have not started are skipped, and callers
-        waiting on the composition get :class:`CompositionCancelled`."""
-        backend = self.backend
-        backend._store_many(
-            {
-                _key(backend, self.id, "cancel"): {"r": True},
-                _key(backend, self.id, "end"): {"e": {"type": "Cancelled", "message": f"{self.kind} {self.id} was cancelled"}},
-            },
-            _ttl(backend),
-        )
+        waiting on this composition (or an enclosing one) get
+        :class:`CompositionCancelled`.
+
+        Returns:
+          ``False`` when it had already finished, failed or been cancelled.
+
+        Raises:
+          RuntimeError: it has not run.
+        """
+        if not self._ran:
+            raise RuntimeError(f"This {self.kind} has not run; there is nothing to cancel.")
+        return cancel(self.id, broker=self.broker)
 
     @property
     def cancelled(self) -> bool:
@@ -238,32 +307,42 @@ class _Composition:
         backend = self.backend
         return backend._get(_key(backend, self.id, "cancel")) is not None
 
-    def __or__(self, other: Message[Any] | _Composition) -> pipeline:
-        return pipeline([self, other], broker=self._broker)
+    def __or__(self, other: Message[Any] | pipeline | group) -> pipeline:
+        return pipeline([self, other], broker=self._broker)  # type: ignore[list-item]
 
 
 def _check_child(child: Any, what: str) -> None:
     if not isinstance(child, Message | pipeline | group):
         raise TypeError(
             f"A {what} takes messages, pipelines and groups, not {type(child).__name__}: "
-            "use actor.message(...) to build a message."
+            "build messages with actor.message(...)."
         )
+
+
+def _check_children(children: Any, what: str) -> None:
+    if isinstance(children, Message | _Composition) or not isinstance(children, Iterable):
+        raise TypeError(f"A {what} takes an iterable of children, not {type(children).__name__}.")
 
 
 class pipeline(_Composition):  # noqa: N801 - dramatiq's name
     """Run messages (or groups) one after the other; each step receives the
-    previous step's result as its last positional argument (unless it has
-    ``pipe_ignore``). A group step hands the list of its results on.
+    previous step's result as its last positional argument, unless it has
+    the ``pipe_ignore`` option. A group step receives it too (every member
+    does) and hands the list of its results, in member order, to the next.
 
     Parameters:
       children: messages, pipelines (flattened into this one) and groups.
       broker: the broker; the global one when ``None``.
+
+    Raises:
+      TypeError: a child is not a message, pipeline or group.
     """
 
     kind = "pipeline"
 
     def __init__(self, children: Iterable[Message[Any] | pipeline | group], *, broker: Broker | None = None) -> None:
         super().__init__(broker)
+        _check_children(children, "pipeline")
         self.children: list[Message[Any] | group] = []
         for child in children:
             _check_child(child, "pipeline")
@@ -282,26 +361,50 @@ class pipeline(_Composition):  # noqa: N801 - dramatiq's name
         """The pipeline's messages, in order (a group step contributes its own)."""
         return self._leaf_messages()
 
-    def spec(self) -> dict[str, Any]:
-        if not self.children:
-            raise ValueError("A pipeline needs at least one message.")
-        return {"p": self.id, "s": [_spec(child) for child in self.children]}
+    def __or__(self, other: Message[Any] | pipeline | group) -> pipeline:
+        _check_child(other, "pipeline")
+        return pipeline([*self.children, other], broker=self._broker)
 
     def get_result(self, *, block: bool = False, timeout: int | None = None) -> Any:
         """Return the result of the last step.
 
+        Parameters:
+          block: wait for the pipeline to finish.
+          timeout: how long to wait, in milliseconds (default 10 s).
+
         Raises:
           ResultMissing: not blocking, and the pipeline has not finished.
-          ResultTimeout: blocking, and ``timeout`` (ms) ran out.
-          ResultFailure: a step failed for good.
+          ResultTimeout: blocking, and the timeout ran out.
+          ResultFailure: a step failed for good (CompositionCancelled: cancelled).
         """
         self._end(block=block, timeout=timeout)
-        return self._child_results()[-1]
+        return self._child_results([len(self) - 1])[0]
 
     def get_results(self, *, block: bool = False, timeout: int | None = None) -> list[Any]:
-        """Return every step's result, in order (a group step's is a list)."""
+        """Return every step's result, in order (a group step's is a list).
+
+        Raises:
+          ResultMissing, ResultTimeout, ResultFailure: as :meth:`get_result`.
+        """
         self._end(block=block, timeout=timeout)
-        return self._child_results()
+        return self._child_results(range(len(self)))
+
+    def _run_without_backend(self, broker: Broker, delay: int | None) -> None:
+        if not all(isinstance(child, Message) for child in self.children):
+            raise NoResultsBackend("A pipeline with a group step needs a results backend: add the Results middleware.")
+        if not self.children:
+            raise ValueError("A pipeline needs at least one step.")
+        target: dict[str, Any] | None = None
+        for step in reversed(self.children):
+            assert isinstance(step, Message)
+            options = dict(step.options)
+            if target is not None:
+                options["pipe_target"] = target
+            target = step.copy(options=options).asdict()
+        assert target is not None
+        first = Message.from_dict(target)
+        _check_encodable(broker, [first])
+        broker.enqueue(first, delay=delay)
 
     def __repr__(self) -> str:
         return f"pipeline({self.id}, {len(self)} steps)"
@@ -313,12 +416,16 @@ class group(_Composition):  # noqa: N801 - dramatiq's name
     Parameters:
       children: messages, pipelines and groups.
       broker: the broker; the global one when ``None``.
+
+    Raises:
+      TypeError: a child is not a message, pipeline or group.
     """
 
     kind = "group"
 
     def __init__(self, children: Iterable[Message[Any] | pipeline | group], *, broker: Broker | None = None) -> None:
         super().__init__(broker)
+        _check_children(children, "group")
         self.children: list[Message[Any] | pipeline | group] = []
         for child in children:
             _check_child(child, "group")
@@ -331,132 +438,193 @@ class group(_Composition):  # noqa: N801 - dramatiq's name
         """The group's id (carried by its messages)."""
         return self.id
 
+    def _check_callback(self, message: Any, what: str) -> None:
+        if not isinstance(message, Message):
+            raise TypeError(f"A {what} callback must be a message, not {type(message).__name__}.")
+        if self._ran or self._scheduled:
+            raise RuntimeError(f"Add {what} callbacks before the group runs.")
+
     def add_completion_callback(self, message: Message[Any], *, with_results: bool = False) -> None:
-        """Send ``message`` once every member has finished (exactly once).
+        """Send ``message`` once every member has finished: exactly once, also
+        when a member is delivered twice.
 
         Parameters:
-          with_results: append the list of the members' results to the
-            message's arguments.
+          message: the message to send.
+          with_results: append the list of the members' results (in member
+            order) to the message's positional arguments.
+
+        Raises:
+          TypeError: ``message`` is not a message.
+          RuntimeError: the group already ran.
         """
-        if not isinstance(message, Message):
-            raise TypeError(f"A completion callback must be a message, not {type(message).__name__}.")
+        self._check_callback(message, "completion")
         self.callbacks.append((message, with_results))
 
     def add_failure_callback(self, message: Message[Any]) -> None:
-        """Send ``message`` once, if a member fails for good. It receives
-        ``{"type": ..., "message": ...}`` describing the failure as its last argument."""
-        if not isinstance(message, Message):
-            raise TypeError(f"A failure callback must be a message, not {type(message).__name__}.")
+        """Send ``message`` once if a member (or a nested member) fails for
+        good. It receives ``{"type": ..., "message": ...}`` describing the
+        first failure as its last positional argument. Cancelling does not
+        fire it.
+
+        Raises:
+          TypeError: ``message`` is not a message.
+          RuntimeError: the group already ran.
+        """
+        self._check_callback(message, "failure")
         self.failure_callbacks.append(message)
 
-    def spec(self) -> dict[str, Any]:
-        return {
-            "g": self.id,
-            "c": [_spec(child) for child in self.children],
-            "cb": [m.asdict() for m, with_results in self.callbacks if not with_results],
-            "cbr": [m.asdict() for m, with_results in self.callbacks if with_results],
-            "fcb": [m.asdict() for m in self.failure_callbacks],
-        }
-
     def get_results(self, *, block: bool = False, timeout: int | None = None) -> list[Any]:
-        """Return the members' results, in member order.
+        """Return the members' results, in member order (a nested pipeline's
+        is its last step's result, a nested group's a list).
+
+        Parameters:
+          block: wait for the group to finish.
+          timeout: how long to wait, in milliseconds (default 10 s).
 
         Raises:
           ResultMissing: not blocking, and the group has not finished.
-          ResultTimeout: blocking, and ``timeout`` (ms) ran out.
-          ResultFailure: a member failed for good.
+          ResultTimeout: blocking, and the timeout ran out.
+          ResultFailure: a member failed for good (CompositionCancelled: cancelled).
         """
         self._end(block=block, timeout=timeout)
-        return self._child_results()
+        return self._child_results(range(len(self)))
+
+    def _run_without_backend(self, broker: Broker, delay: int | None) -> None:
+        if self.callbacks or self.failure_callbacks:
+            raise NoResultsBackend("Group callbacks need a results backend: add the Results middleware.")
+        if not all(isinstance(child, Message) for child in self.children):
+            raise NoResultsBackend(
+                "A group of pipelines or groups needs a results backend: add the Results middleware."
+            )
+        messages = list(self.children)
+        _check_encodable(broker, messages)  # type: ignore[arg-type]
+        _enqueue(broker, messages, delay)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"group({self.id}, {len(self)} members)"
 
 
-def _spec(child: Message[Any] | pipeline | group) -> dict[str, Any]:
-    if isinstance(child, Message):
-        return {"m": child.asdict()}
-    return child.spec()
+# Planning (client side) -------------------------------------------------------------
 
 
-# Launching ----------------------------------------------------------------------------
+class _Plan:
+    """Collects the records ``run()`` stores: a meta record per composition
+    and a launch spec per pipeline step after the first.
+
+    A launch spec is ``{"m": message}`` (membership option included),
+    ``{"p": id, "f": spec of step 0}`` or ``{"g": id, "c": [specs]}``.
+    """
+
+    def __init__(self, backend: ResultBackend) -> None:
+        self.backend = backend
+        self.records: dict[str, Any] = {}
+        self.compositions: list[_Composition] = []
+        self._seen: set[str] = set()
+
+    def add(self, composition: _Composition, up: list[Any] | None, path: list[str]) -> dict[str, Any]:
+        """Plan ``composition`` (recursion depth = nesting depth) and return its launch spec."""
+        if composition.id in self._seen:
+            raise ValueError(f"{composition!r} appears twice in the composition; build a new one for each use.")
+        if up is not None and (composition._ran or composition._scheduled):
+            raise RuntimeError(f"{composition!r} already ran; build a new one to use it again.")
+        self._seen.add(composition.id)
+        self.compositions.append(composition)
+        backend, cid = self.backend, composition.id
+        inner = [*path, cid]
+        if isinstance(composition, pipeline):
+            if not composition.children:
+                raise ValueError(f"{composition!r} is empty: a pipeline needs at least one step.")
+            self.records[_key(backend, cid, "meta")] = {"k": "p", "n": len(composition), "up": up, "path": inner}
+            first = None
+            for position, child in enumerate(composition.children):
+                spec = self.child(child, [cid, position], inner)
+                if position == 0:
+                    first = spec
+                else:
+                    self.records[_key(backend, cid, f"s:{position}")] = spec
+            return {"p": cid, "f": first}
+        assert isinstance(composition, group)
+        self.records[_key(backend, cid, "meta")] = {
+            "k": "g",
+            "n": len(composition),
+            "up": up,
+            "path": inner,
+            "cb": [m.asdict() for m, with_results in composition.callbacks if not with_results],
+            "cbr": [m.asdict() for m, with_results in composition.callbacks if with_results],
+            "fcb": [m.asdict() for m in composition.failure_callbacks],
+        }
+        return {"g": cid, "c": [self.child(child, [cid, i], inner) for i, child in enumerate(composition.children)]}
+
+    def child(self, child: Message[Any] | pipeline | group, up: list[Any], path: list[str]) -> dict[str, Any]:
+        if isinstance(child, Message):
+            options = {**child.options, OPTION: {"id": up[0], "pos": up[1], "path": path}}
+            return {"m": child.copy(options=options).asdict()}
+        return self.add(child, up, path)
 
 
-def _launch(
-    backend: ResultBackend,
+def _ignores_input(broker: Broker, message: Message[Any]) -> bool:
+    return bool(get_option(broker, message, "pipe_ignore", False))
+
+
+def _collect(
+    broker: Broker,
     spec: dict[str, Any],
-    up: list[Any] | None,
     value: Any,
     path: list[str],
-    records: dict[str, Any],
     messages: list[Message[Any]],
-    empty: list[tuple[str, Any]],
+    empty: list[tuple[str, list[str]]],
 ) -> None:
-    """Collect the records to store and messages to send to start ``spec``.
-
-    ``up`` is ``[parent_id, position]``; ``value`` is the previous pipeline
-    step's result, appended to the first messages' arguments.
-    """
+    """Gather the messages that start ``spec``, with ``value`` (the previous
+    step's result) appended to their arguments, and the empty groups in it."""
     if "m" in spec:
         message = Message.from_dict(spec["m"])
-        options = dict(message.options)
-        args = message.args
-        if value is not _NOTHING and not options.get("pipe_ignore"):
-            args = (*args, value)
-        if up is not None:
-            options[OPTION] = {"id": up[0], "pos": up[1], "path": path}
-        messages.append(message.copy(args=args, options=options))
-        return
-    if "p" in spec:
-        composition_id, children = spec["p"], spec["s"]
-        inner = [*path, composition_id]
-        records[_key(backend, composition_id, "meta")] = {"k": "p", "n": len(children), "up": up, "path": inner}
-        for position, step in enumerate(children[1:], 1):
-            records[_key(backend, composition_id, f"s:{position}")] = step
-        _launch(backend, children[0], [composition_id, 0], value, inner, records, messages, empty)
-        return
-    composition_id, children = spec["g"], spec["c"]
-    inner = [*path, composition_id]
-    records[_key(backend, composition_id, "meta")] = {
-        "k": "g",
-        "n": len(children),
-        "up": up,
-        "path": inner,
-        "cb": spec.get("cb", []),
-        "cbr": spec.get("cbr", []),
-        "fcb": spec.get("fcb", []),
-    }
-    if not children:
-        empty.append((composition_id, up))
-    for position, child in enumerate(children):
-        _launch(backend, child, [composition_id, position], value, inner, records, messages, empty)
-
-
-def _send_launch(broker: Broker, backend: ResultBackend, spec: dict[str, Any], up: list[Any], value: Any, path: list[str], token: str) -> None:
-    records: dict[str, Any] = {}
-    messages: list[Message[Any]] = []
-    empty: list[tuple[str, Any]] = []
-    _launch(backend, spec, up, value, path, records, messages, empty)
-    if records:
-        backend._store_many(records, _ttl(backend))
-    if messages:
-        broker.enqueue_many(messages)
-    for composition_id, _ in empty:
-        _finish(broker, backend, composition_id, [], token)
+        if value is not _NOTHING and not _ignores_input(broker, message):
+            message = message.copy(args=(*message.args, value))
+        messages.append(message)
+    elif "p" in spec:
+        _collect(broker, spec["f"], value, [*path, spec["p"]], messages, empty)
+    else:
+        inner = [*path, spec["g"]]
+        if not spec["c"]:
+            empty.append((spec["g"], inner))
+        for child in spec["c"]:
+            _collect(broker, child, value, inner, messages, empty)
 
 
 # Worker side -----------------------------------------------------------------------
 
 
 def check_cancelled(broker: Broker, message: MessageProxy) -> None:
-    """Skip a composition member whose composition (or an enclosing one) was cancelled."""
+    """Skip a member whose composition (or an enclosing one) was cancelled.
+
+    Raises:
+      SkipMessage: it was cancelled.
+    """
     membership = message.options.get(OPTION)
-    if not membership:
+    if not membership or not broker.has_results_backend():
         return
     backend = broker.get_results_backend()
-    flags = backend._get_many([_key(backend, cid, "cancel") for cid in membership["path"]])
-    if any(flag is not None for flag in flags):
-        raise SkipMessage(f"Message {message.message_id} belongs to a cancelled composition.")
+    path = membership["path"]
+    flags = backend._get_many([_key(backend, cid, "cancel") for cid in path])
+    cancelled = [cid for cid, flag in zip(path, flags, strict=True) if flag is not None]
+    if not cancelled:
+        return
+    reason = f"composition {cancelled[0]} was cancelled"
+    _store_member_failure(broker, backend, message, {"e": {"type": CANCELLED, "message": reason}})
+    raise SkipMessage(f"Message {message.message_id} skipped: {reason}.")
+
+
+def _store_member_failure(broker: Broker, backend: ResultBackend, message: MessageProxy, record: Any) -> None:
+    """Store ``record`` as a skipped member's result when its actor stores
+    results, so a caller waiting on the message itself does not hang."""
+    from .results.middleware import Results
+
+    for middleware in broker.middleware:
+        if isinstance(middleware, Results) and middleware.backend is backend:
+            if get_option(broker, message, "store_results", middleware.store_results):
+                ttl = get_option(broker, message, "result_ttl", middleware.result_ttl) or DEFAULT_RESULT_TTL
+                backend._store_many({backend.build_message_key(message.message): record}, ttl)
+            return
 
 
 def on_message_done(broker: Broker, message: MessageProxy, result: Any) -> None:
@@ -470,92 +638,243 @@ def on_message_done(broker: Broker, message: MessageProxy, result: Any) -> None:
     if not membership:
         return
     backend = broker.get_results_backend()
-    _child_done(broker, backend, membership["id"], membership["pos"], result, message.message_id)
-
-
-def _child_done(broker: Broker, backend: ResultBackend, composition_id: str, position: int, result: Any, token: str) -> None:
-    ttl = _ttl(backend)
-    while True:
-        meta = backend._get(_key(backend, composition_id, "meta"))
-        if meta is None:
-            broker.logger.warning("Composition %s has no record (expired?); not advancing it.", composition_id)
-            return
-        _, count = backend._add_member(
-            _key(backend, composition_id, "done"),
-            position,
-            ttl,
-            {_key(backend, composition_id, f"r:{position}"): {"r": result}},
-        )
-        if meta["k"] == "p":
-            if position + 1 < meta["n"]:
-                if backend._claim(_key(backend, composition_id, f"next:{position}"), token, ttl):
-                    step = backend._get(_key(backend, composition_id, f"s:{position + 1}"))
-                    _send_launch(broker, backend, step, [composition_id, position + 1], result, meta["path"], token)
-                return
-            final = result
-        else:
-            if count < meta["n"]:
-                return
-            if not backend._claim(_key(backend, composition_id, "fire"), token, ttl):
-                return
-            final = None
-            if meta["up"] is not None or meta["cbr"]:
-                records = backend._get_many([_key(backend, composition_id, f"r:{i}") for i in range(meta["n"])])
-                final = [record.get("r") if record else None for record in records]
-        up = _complete(broker, backend, composition_id, meta, final)
-        if up is None:
-            return
-        composition_id, position = up
-        result = final
-
-
-def _complete(broker: Broker, backend: ResultBackend, composition_id: str, meta: dict[str, Any], final: Any) -> list[Any] | None:
-    """Mark a composition finished, fire a group's callbacks; return its parent link."""
-    backend._store_many({_key(backend, composition_id, "end"): {"r": True}}, _ttl(backend))
-    if meta["k"] == "g":
-        callbacks = [Message.from_dict(data) for data in meta["cb"]]
-        callbacks += [Message.from_dict(data).copy(args=(*data["args"], final)) for data in meta["cbr"]]
-        if callbacks:
-            broker.enqueue_many(callbacks)
-    return meta["up"]  # type: ignore[no-any-return]
-
-
-def _finish(broker: Broker, backend: ResultBackend, composition_id: str, final: Any, token: str) -> None:
-    """Complete an empty group at once and report to its parent."""
-    meta = backend._get(_key(backend, composition_id, "meta"))
-    if meta is None:
-        return
-    up = _complete(broker, backend, composition_id, meta, final)
-    if up is not None:
-        _child_done(broker, backend, up[0], up[1], final, token)
+    item = ("done", membership["id"], membership["pos"], result, membership["path"])
+    _advance(broker, backend, [item], message.message_id)
 
 
 def on_message_failed(broker: Broker, message: MessageProxy) -> None:
     """Mark the compositions of a message that failed for good as failed."""
     membership = message.options.get(OPTION)
-    if not membership:
+    if not membership or not broker.has_results_backend():
         return
     backend = broker.get_results_backend()
+    exception = message.exception
+    record = failure_record(exception, str(exception) if exception is not None else message.fail_reason)
+    _fail(broker, backend, membership["id"], membership["pos"], record, message.message_id)
+
+
+def _once(backend: ResultBackend, composition_id: str, what: str, first: bool, token: str, ttl: int) -> bool:
+    """Whether this delivery performs the action ``what`` of a composition.
+
+    ``first`` tells whether this delivery recorded the event that triggers
+    the action (only one delivery can). Any other delivery waits for the
+    action's done mark; if it never comes the first delivery died, and the
+    claim lets one delivery (its redelivery, normally) finish the job.
+    """
+    claim = _key(backend, composition_id, f"claim:{what}")
+    if first:
+        return backend._claim(claim, token, ttl)
+    did = _key(backend, composition_id, f"did:{what}")
+    if backend._get(did) is not None or backend.wait(did, timeout=RECOVERY_WAIT) is not None:
+        return False
+    logger.warning("Composition %s: taking over %r from a delivery that did not finish it.", composition_id, what)
+    return backend._claim(claim, token, ttl)
+
+
+def _advance(broker: Broker, backend: ResultBackend, items: list[_Item], token: str) -> None:
+    """Process completion events, iteratively (no recursion, whatever the
+    length or depth of the composition).
+
+    Items are ``("done", composition_id, position, result, path)``: child
+    ``position`` finished with ``result``; or ``("empty", group_id, 0, None,
+    path)``: an empty group was launched. ``path`` holds the enclosing ids,
+    the composition's own last.
+    """
     ttl = _ttl(backend)
-    record = failure_record(message.exception, message.fail_reason)
-    composition_id: str | None = membership["id"]
+    while items:
+        kind, cid, position, result, path = items.pop()
+        try:
+            _advance_one(broker, backend, kind, cid, position, result, path, token, ttl, items)
+        except _DETERMINISTIC as exc:
+            logger.error("Composition %s cannot go on: %s", cid, exc)
+            _fail(broker, backend, cid, position, failure_record(exc, f"cannot go on: {exc}"), token)
+
+
+def _advance_one(
+    broker: Broker,
+    backend: ResultBackend,
+    kind: str,
+    cid: str,
+    position: int,
+    result: Any,
+    path: list[str],
+    token: str,
+    ttl: int,
+    items: list[_Item],
+) -> None:
+    keys = [_key(backend, cid, "meta"), _key(backend, cid, "end")]
+    keys += [_key(backend, ancestor, "cancel") for ancestor in path]
+    meta, end, *flags = backend._get_many(keys)
+    if meta is None:
+        logger.warning("Composition %s has no record (expired?); not advancing it.", cid)
+        return
+    if kind == "empty":
+        added, count = True, 0
+    else:
+        added, count = backend._add_member(
+            _key(backend, cid, "done"), position, ttl, {_key(backend, cid, f"r:{position}"): {"r": result}}
+        )
+    if any(flag is not None for flag in flags) or (end is not None and "e" in end):
+        return  # cancelled or failed: nothing more happens
+    if end is not None:
+        # Already finished: a late duplicate, or the redelivery of a message
+        # whose delivery died before reporting to the parent. Reporting again
+        # is harmless (the parent counts each child once) and recovers that.
+        if meta["up"] is not None:
+            final = result if meta["k"] == "p" and position == meta["n"] - 1 else _final(backend, cid, meta)
+            items.append(("done", meta["up"][0], meta["up"][1], final, path[:-1]))
+        return
+    if meta["k"] == "p":
+        what = f"adv:{position}"
+        if not _once(backend, cid, what, added, token, ttl):
+            return
+        if position + 1 < meta["n"]:
+            spec = backend._get(_key(backend, cid, f"s:{position + 1}"))
+            messages: list[Message[Any]] = []
+            empty: list[tuple[str, list[str]]] = []
+            _collect(broker, spec, result, path, messages, empty)
+            _enqueue(broker, messages)
+            backend._store_many({_key(backend, cid, f"did:{what}"): True}, ttl)
+            items.extend(("empty", gid, 0, None, inner) for gid, inner in empty)
+            return
+        final = result
+    else:
+        if count < meta["n"]:
+            return
+        what = "adv"
+        if not _once(backend, cid, what, added, token, ttl):
+            return
+        final = _final(backend, cid, meta) if meta["up"] is not None or meta["cbr"] else None
+        callbacks = [Message.from_dict(data) for data in meta["cb"]]
+        callbacks += [Message.from_dict(data).copy(args=(*data["args"], final)) for data in meta["cbr"]]
+        _enqueue(broker, callbacks)
+    backend._store_many({_key(backend, cid, "end"): {"r": True}, _key(backend, cid, f"did:{what}"): True}, ttl)
+    if meta["up"] is not None:
+        items.append(("done", meta["up"][0], meta["up"][1], final, path[:-1]))
+
+
+def _final(backend: ResultBackend, composition_id: str, meta: dict[str, Any]) -> Any:
+    """A finished composition's result: a pipeline's last step's, a group's list."""
+    if meta["k"] == "p":
+        record = backend._get(_key(backend, composition_id, f"r:{meta['n'] - 1}"))
+        return record.get("r") if record else None
+    return _results_of(backend, composition_id, meta["n"])
+
+
+def _results_of(backend: ResultBackend, composition_id: str, size: int) -> list[Any]:
+    records = backend._get_many([_key(backend, composition_id, f"r:{i}") for i in range(size)])
+    return [record.get("r") if record else None for record in records]
+
+
+def _fail(
+    broker: Broker,
+    backend: ResultBackend,
+    composition_id: str | None,
+    member: int,
+    record: dict[str, Any],
+    token: str,
+    *,
+    cancelled: bool = False,
+) -> None:
+    """Mark a composition and its ancestors failed (or cancelled), first
+    failure wins; fire groups' failure callbacks once (not when cancelled)."""
+    ttl = _ttl(backend)
     while composition_id is not None:
-        if not backend._claim(_key(backend, composition_id, "failed"), message.message_id, ttl):
-            return
-        meta = backend._get(_key(backend, composition_id, "meta"))
-        backend._store_many({_key(backend, composition_id, "end"): record}, ttl)
-        if meta is None:
-            return
-        if meta["k"] == "g" and meta["fcb"]:
-            broker.enqueue_many(
-                [Message.from_dict(data).copy(args=(*data["args"], record["e"])) for data in meta["fcb"]]
-            )
-        composition_id = meta["up"][0] if meta["up"] else None
+        meta, end = backend._get_many([_key(backend, composition_id, "meta"), _key(backend, composition_id, "end")])
+        if meta is None or end is not None:
+            break  # unknown, or already finished, failed or cancelled
+        added, count = backend._add_member(_key(backend, composition_id, "failed"), member, ttl)
+        if added and count > 1:
+            break  # another member failed first
+        if not _once(backend, composition_id, "fail", added, token, ttl):
+            break
+        if meta["k"] == "g" and meta["fcb"] and not cancelled:
+            _enqueue(broker, [Message.from_dict(data).copy(args=(*data["args"], record["e"])) for data in meta["fcb"]])
+        done = {_key(backend, composition_id, "end"): record, _key(backend, composition_id, "did:fail"): True}
+        backend._store_many(done, ttl)
+        if meta["up"] is None:
+            break
+        composition_id, member = meta["up"]
 
 
 def _send_pipe_target(broker: Broker, target: dict[str, Any], result: Any) -> None:
     """dramatiq-style pipelines (no results backend): the next step is nested in the option."""
     message = Message.from_dict(target)
-    if not message.options.get("pipe_ignore"):
+    if not _ignores_input(broker, message):
         message = message.copy(args=(*message.args, result))
     broker.enqueue(message)
+
+
+# By id ------------------------------------------------------------------------------
+
+
+def cancel(composition_id: str, broker: Broker | None = None) -> bool:
+    """Cancel a running pipeline or group by id, without the original object.
+
+    Members that have not started are skipped; the composition and every
+    enclosing one are marked cancelled, so waiting callers get
+    :class:`~django_actors.results.CompositionCancelled`.
+
+    Parameters:
+      composition_id: the ``id`` of a pipeline or group (nested ones too).
+      broker: the broker; the global one when ``None``.
+
+    Returns:
+      ``False`` when it had already finished, failed or been cancelled.
+
+    Raises:
+      CompositionNotFound: no composition with this id.
+      NoResultsBackend: the broker has no results backend.
+    """
+    backend = (broker or get_broker()).get_results_backend()
+    meta, end = backend._get_many([_key(backend, composition_id, "meta"), _key(backend, composition_id, "end")])
+    if meta is None:
+        raise CompositionNotFound(f"No composition {composition_id!r} (never run here, or expired).")
+    if end is not None:
+        return False
+    ttl = _ttl(backend)
+    backend._store_many({_key(backend, composition_id, "cancel"): True}, ttl)
+    record = {"e": {"type": CANCELLED, "message": f"{_kind_name(meta['k'])} {composition_id} was cancelled"}}
+    _fail(broker or get_broker(), backend, composition_id, -1, record, f"cancel:{_new_id()}", cancelled=True)
+    return True
+
+
+def progress(composition_id: str, broker: Broker | None = None) -> dict[str, Any]:
+    """Read a composition's progress by id, from the backend's counters.
+
+    Parameters:
+      composition_id: the ``id`` of a pipeline or group (nested ones too).
+      broker: the broker; the global one when ``None``.
+
+    Returns:
+      ``{"id", "kind" ("pipeline"/"group"), "total", "completed", "status",
+      "error", "parent", "root"}``; ``status`` is ``"running"``,
+      ``"completed"``, ``"failed"`` or ``"cancelled"``; ``error`` is
+      ``{"type", "message"}`` for the last two, else ``None``.
+
+    Raises:
+      CompositionNotFound: no composition with this id.
+      NoResultsBackend: the broker has no results backend.
+    """
+    backend = (broker or get_broker()).get_results_backend()
+    meta, end = backend._get_many([_key(backend, composition_id, "meta"), _key(backend, composition_id, "end")])
+    if meta is None:
+        raise CompositionNotFound(f"No composition {composition_id!r} (never run here, or expired).")
+    completed = backend._count_members([_key(backend, composition_id, "done")])[0]
+    error = end.get("e") if end else None
+    if end is None:
+        status = "running"
+    elif error is None:
+        status = "completed"
+    else:
+        status = "cancelled" if error.get("type") == CANCELLED else "failed"
+    return {
+        "id": composition_id,
+        "kind": _kind_name(meta["k"]),
+        "total": meta["n"],
+        "completed": completed,
+        "status": status,
+        "error": error,
+        "parent": meta["up"][0] if meta["up"] else None,
+        "root": meta["path"][0],
+    }
