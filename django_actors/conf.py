@@ -121,7 +121,7 @@ def parse_settings(raw: Any) -> ActorsSettings:
     if not isinstance(store_results, bool):
         raise ImproperlyConfigured("DJANGO_ACTORS['RESULTS']['STORE_RESULTS'] must be a bool.")
     result_ttl = results_raw.get("RESULT_TTL") if isinstance(results_raw, Mapping) else None
-    if result_ttl is not None and (not isinstance(result_ttl, int) or result_ttl <= 0):
+    if result_ttl is not None and (not isinstance(result_ttl, int) or isinstance(result_ttl, bool) or result_ttl <= 0):
         raise ImproperlyConfigured("DJANGO_ACTORS['RESULTS']['RESULT_TTL'] must be a positive int (ms).")
 
     middleware_raw = raw.get("MIDDLEWARE", DEFAULT_MIDDLEWARE)
@@ -146,7 +146,7 @@ def parse_settings(raw: Any) -> ActorsSettings:
     if encoder is not None and not isinstance(encoder, str):
         raise ImproperlyConfigured("DJANGO_ACTORS['ENCODER'] must be a dotted path string.")
     max_size = raw.get("MAX_MESSAGE_SIZE")
-    if max_size is not None and (not isinstance(max_size, int) or max_size <= 0):
+    if max_size is not None and (not isinstance(max_size, int) or isinstance(max_size, bool) or max_size <= 0):
         raise ImproperlyConfigured("DJANGO_ACTORS['MAX_MESSAGE_SIZE'] must be a positive int (bytes).")
     return ActorsSettings(
         broker=broker,
@@ -182,36 +182,58 @@ def load(path: str, what: str) -> Any:
         raise ImproperlyConfigured(f"Cannot import {what} {path!r}: {exc}") from exc
 
 
+def load_class(path: str, what: str, base: type) -> Any:
+    """Import a dotted path to a subclass of ``base``, raising ImproperlyConfigured that names it."""
+    loaded = load(path, what)
+    if not (isinstance(loaded, type) and issubclass(loaded, base)):
+        raise ImproperlyConfigured(f"{what} {path!r} is not a {base.__name__} subclass.")
+    return loaded
+
+
 def build_results_backend(config: ActorsSettings | None = None) -> ResultBackend | None:
     """Build the results backend named in settings, or ``None``."""
+    from .results.backend import ResultBackend
+
     config = config or get_settings()
     if config.results is None:
         return None
-    cls = load(config.results.backend, "DJANGO_ACTORS['RESULTS']['BACKEND']")
+    cls = load_class(config.results.backend, "DJANGO_ACTORS['RESULTS']['BACKEND']", ResultBackend)
     try:
         return cls(**config.results.options)  # type: ignore[no-any-return]
     except TypeError as exc:
-        raise ImproperlyConfigured(f"Bad DJANGO_ACTORS['RESULTS']['OPTIONS'] for {config.results.backend}: {exc}") from exc
+        raise ImproperlyConfigured(
+            f"Bad DJANGO_ACTORS['RESULTS']['OPTIONS'] for {config.results.backend}: {exc}"
+        ) from exc
 
 
 def build_middleware(config: ActorsSettings | None = None) -> list[Middleware]:
-    """Build the middleware list named in settings, Results last when configured."""
+    """Build the middleware list named in settings, Results last when configured.
+
+    A ``Results`` listed in ``MIDDLEWARE`` without a backend gets the one
+    configured in ``RESULTS``.
+    """
+    from .middleware.middleware import Middleware
     from .results.middleware import Results
 
     config = config or get_settings()
     middleware: list[Middleware] = []
     for item in config.middleware:
         path, kwargs = (item, {}) if isinstance(item, str) else item
-        cls = load(path, "middleware")
+        cls = load_class(path, "middleware", Middleware)
         try:
             middleware.append(cls(**kwargs))
         except TypeError as exc:
             raise ImproperlyConfigured(f"Bad arguments for middleware {path}: {exc}") from exc
     backend = build_results_backend(config)
-    if backend is not None and not any(isinstance(m, Results) for m in middleware):
-        middleware.append(
-            Results(backend=backend, store_results=config.store_results, result_ttl=config.result_ttl)
-        )
+    if backend is not None:
+        listed = [m for m in middleware if isinstance(m, Results)]
+        if not listed:
+            middleware.append(
+                Results(backend=backend, store_results=config.store_results, result_ttl=config.result_ttl)
+            )
+        for results in listed:
+            if results.backend is None:
+                results.backend = backend
     return middleware
 
 
@@ -221,16 +243,19 @@ def build_broker(config: ActorsSettings | None = None) -> Broker:
     Raises:
       ImproperlyConfigured: a path cannot be imported or options are wrong.
     """
+    from .broker import Broker
+    from .encoder import Encoder, set_encoder
+
     config = config or get_settings()
     if config.encoder:
-        from .encoder import set_encoder
-
-        set_encoder(load(config.encoder, "DJANGO_ACTORS['ENCODER']")())
-    cls = load(config.broker.backend, "DJANGO_ACTORS['BROKER']['BACKEND']")
+        set_encoder(load_class(config.encoder, "DJANGO_ACTORS['ENCODER']", Encoder)())
+    cls = load_class(config.broker.backend, "DJANGO_ACTORS['BROKER']['BACKEND']", Broker)
     options = dict(config.broker.options)
     if config.max_message_size:
         options.setdefault("max_message_size", config.max_message_size)
     try:
         return cls(middleware=build_middleware(config), **options)  # type: ignore[no-any-return]
     except TypeError as exc:
-        raise ImproperlyConfigured(f"Bad DJANGO_ACTORS['BROKER']['OPTIONS'] for {config.broker.backend}: {exc}") from exc
+        raise ImproperlyConfigured(
+            f"Bad DJANGO_ACTORS['BROKER']['OPTIONS'] for {config.broker.backend}: {exc}"
+        ) from exc

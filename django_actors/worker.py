@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ActorNotFound, ConnectionError, Retry
 from .middleware.middleware import SkipMessage, get_option
+from .middleware.time_limit import enter_actor, leave_actor
 
 if TYPE_CHECKING:
     from .actor import Actor
@@ -224,9 +225,13 @@ class Worker:
             consumer.settle(proxy)
 
     def _call(self, actor: Actor[Any, Any], proxy: MessageProxy) -> Any:
-        if not actor.is_async:
-            return actor.fn(*proxy.args, **proxy.kwargs)
-        return self._event_loop().run(actor.fn(*proxy.args, **proxy.kwargs))
+        enter_actor()  # time limits and shutdown notices are raised only in here
+        try:
+            if not actor.is_async:
+                return actor.fn(*proxy.args, **proxy.kwargs)
+            return self._event_loop().run(actor.fn(*proxy.args, **proxy.kwargs))
+        finally:
+            leave_actor()
 
 
 def _is_thrown(broker: Broker, proxy: MessageProxy, exc: BaseException) -> bool:

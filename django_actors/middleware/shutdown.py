@@ -6,7 +6,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .middleware import Middleware, MiddlewareError, get_option
-from .time_limit import raise_in_thread
+from .time_limit import interrupt_actor
 
 if TYPE_CHECKING:
     from ..broker import Broker, MessageProxy
@@ -52,4 +52,4 @@ class ShutdownNotifications(Middleware):
         with self._lock:
             threads = list(self._threads)
         for thread_id in threads:
-            raise_in_thread(thread_id, Shutdown)
+            interrupt_actor(thread_id, Shutdown)

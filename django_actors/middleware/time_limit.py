@@ -35,6 +35,42 @@ def raise_in_thread(thread_id: int, exception: type[BaseException]) -> bool:
     return changed == 1
 
 
+# Threads running an actor's own code (not middleware hooks). Interruptions
+# (time limits, shutdown notices) are raised only there, so that a hook after
+# the actor, such as storing its result, is never cut short.
+_in_actor: set[int] = set()
+_in_actor_lock = threading.Lock()
+
+
+def enter_actor() -> None:
+    """Mark the current thread as running an actor's code (the worker calls it)."""
+    _in_actor.add(threading.get_ident())
+
+
+def leave_actor() -> None:
+    """Undo :func:`enter_actor`.
+
+    An interruption raised just before is either delivered here (the actor
+    overran) or dropped; none can arrive later.
+    """
+    ident = threading.get_ident()
+    _in_actor.discard(ident)
+    with _in_actor_lock:  # wait out an interrupter that saw this thread inside
+        pass
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+
+
+def interrupt_actor(thread_id: int, exception: type[BaseException]) -> bool:
+    """Raise ``exception`` in ``thread_id`` if it is running an actor's code.
+
+    Returns whether it was raised.
+    """
+    with _in_actor_lock:
+        if thread_id not in _in_actor:
+            return False
+        return raise_in_thread(thread_id, exception)
+
+
 class TimeLimit(Middleware):
     """Raise :class:`TimeLimitExceeded` in actors that run past ``time_limit``.
 
@@ -53,35 +89,30 @@ class TimeLimit(Middleware):
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
 
-    def _ensure_monitor(self) -> None:
-        if self._monitor is not None and self._monitor.is_alive():
-            return
-        with self._lock:
-            if self._monitor is None or not self._monitor.is_alive():
-                self._monitor = threading.Thread(
-                    target=self._watch, name="django-actors-time-limit", daemon=True
-                )
-                self._monitor.start()
-
     def _watch(self) -> None:
         while True:
             time.sleep(self.interval / 1000)
             now = time.monotonic()
             with self._lock:
-                expired = [(tid, msg) for tid, (deadline, msg) in self._deadlines.items() if now >= deadline]
-                for tid, _ in expired:
-                    del self._deadlines[tid]
-            for tid, message in expired:
-                logger.warning("Time limit exceeded; raising in thread for message %s.", message.message_id)
-                raise_in_thread(tid, TimeLimitExceeded)
+                if not self._deadlines:
+                    self._monitor = None  # idle: the next limited message starts a new monitor
+                    return
+                # Under the lock _clear() takes: a cleared limit is never raised. A
+                # thread not in its actor's code yet (or any more) is left alone.
+                for tid, (deadline, message) in list(self._deadlines.items()):
+                    if now >= deadline and interrupt_actor(tid, TimeLimitExceeded):
+                        del self._deadlines[tid]
+                        logger.warning("Time limit exceeded; raised in the thread of message %s.", message.message_id)
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         limit = get_option(broker, message, "time_limit", self.time_limit)
         if not limit:
             return
-        self._ensure_monitor()
         with self._lock:
             self._deadlines[threading.get_ident()] = (time.monotonic() + limit / 1000, message)
+            if self._monitor is None:
+                self._monitor = threading.Thread(target=self._watch, name="django-actors-time-limit", daemon=True)
+                self._monitor.start()
 
     def _clear(self) -> None:
         with self._lock:

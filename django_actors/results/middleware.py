@@ -63,4 +63,6 @@ class Results(Middleware):
         unknown = isinstance(message.exception, ActorNotFound | DecodeError)
         if unknown or self._wants(broker, message):
             ttl = get_option(broker, message, "result_ttl", self.result_ttl)
-            self.backend.store_exception(message.message, message.exception, ttl, message.fail_reason)
+            # With an exception, its own text is the message (ResultFailure.orig_exc_msg).
+            reason = None if message.exception is not None else message.fail_reason
+            self.backend.store_exception(message.message, message.exception, ttl, reason)
