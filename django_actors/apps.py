@@ -18,14 +18,22 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
 
 
 class DjangoActorsConfig(AppConfig):
-    """Discovers actors modules in ``ready()``; the broker is built lazily on first use."""
+    """Registers the system checks and discovers actors modules in ``ready()``.
+
+    Nothing connects anywhere here: the broker is built lazily, on first use
+    (``get_broker()``, ``actor.send()``...).
+    """
 
     name = "django_actors"
     verbose_name = "Actors"
     default_auto_field = "django.db.models.BigAutoField"
 
+    #: The actors modules imported by :meth:`ready`.
+    discovered_modules: list[str]
+
     def ready(self) -> None:
         setting_changed.connect(_on_setting_changed, dispatch_uid="django_actors_settings")
+        from . import checks  # noqa: F401 - registers the system checks
         from .discovery import autodiscover
 
-        autodiscover()
+        self.discovered_modules = autodiscover()

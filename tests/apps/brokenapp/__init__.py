@@ -1,0 +1,1 @@
+"""An app whose actors module raises on import."""

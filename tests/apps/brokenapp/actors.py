@@ -1,0 +1,1 @@
+raise RuntimeError("brokenapp.actors is broken on purpose")

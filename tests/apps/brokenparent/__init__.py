@@ -1,0 +1,1 @@
+"""An app whose ``tasks`` package imports a module that does not exist."""

@@ -1,0 +1,1 @@
+"""An app with an actors module, an extra module and a broker class that counts its instances."""

@@ -1,0 +1,1 @@
+"""An app whose actors module imports a module that does not exist."""

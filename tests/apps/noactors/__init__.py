@@ -1,0 +1,1 @@
+"""An app without an actors module (discovery passes over it)."""

@@ -1,0 +1,1 @@
+"""Discovered when ``DISCOVER`` names ``jobs``; defines nothing, registers nothing."""
