@@ -12,6 +12,7 @@ from .encoder import MessageData, get_encoder
 from .errors import DecodeError
 
 if TYPE_CHECKING:
+    from .broker import Broker
     from .composition import group, pipeline
     from .results.backend import ResultBackend
 
@@ -170,6 +171,25 @@ class Message(Generic[R]):
 
             backend = get_broker().get_results_backend()
         return backend.get_result(self, block=block, timeout=timeout)  # type: ignore[no-any-return]
+
+    def send(self, *, delay: int | None = None, broker: Broker | None = None) -> Message[R]:
+        """Enqueue this message as it is (same ``message_id``).
+
+        Parameters:
+          delay: milliseconds to wait before it runs.
+          broker: the broker; the global one when ``None``.
+
+        Returns:
+          The message as enqueued.
+
+        Raises:
+          TypeError: it cannot be encoded; nothing is enqueued.
+        """
+        if broker is None:
+            from .broker import get_broker
+
+            broker = get_broker()
+        return broker.enqueue(self, delay=delay)
 
     def __or__(self, other: Message[Any] | pipeline | group) -> pipeline:
         from .composition import pipeline
