@@ -1,0 +1,996 @@
+"""A broker on the Django ORM: the embedded default.
+
+Messages are rows of :class:`~django_actors.models.QueuedMessage`. A fetch
+claims rows (``state = 'claimed'``, ``claimed_by = <worker id>``) in one
+statement; an ack deletes the row (or marks it done when the broker keeps a
+retention); a nack marks it dead. Every consuming process keeps a
+:class:`~django_actors.models.WorkerHeartbeat` row fresh from a thread; the
+claims of a worker whose heartbeat lapsed are released by a reaper that
+fetchers run now and then, so a SIGKILLed worker's messages come back.
+
+Claiming:
+
+- PostgreSQL: ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)
+  RETURNING ...``: concurrent fetchers never wait for each other. Enqueues
+  ``NOTIFY`` a channel that idle fetchers ``LISTEN`` to (psycopg 3).
+- SQLite: one conditional ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) AND
+  state = 'queued' RETURNING ...``; a statement is atomic, so a row is
+  claimed once, whatever the number of worker processes. "database is
+  locked" is retried with backoff. The database is switched to WAL mode
+  (``journal_mode`` option) so readers do not block the writer.
+- Other databases: ``select_for_update(skip_locked=True)`` where supported,
+  else a conditional update followed by a read of the rows this fetch
+  actually claimed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
+
+from ..broker import Broker, Consumer, MessageProxy, validate_queue_name
+from ..errors import ConnectionClosed, DecodeError, MessageTooLarge, QueueJoinTimeout, QueueNotFound
+from ..message import Message, current_millis
+from ..middleware.middleware import Middleware
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Default ``heartbeat_timeout``: a worker silent this long (ms) is presumed dead.
+DEFAULT_HEARTBEAT_TIMEOUT = 60_000
+#: Default ``dead_message_ttl``: how long dead letters are kept (ms), 7 days.
+DEFAULT_DEAD_MESSAGE_TTL = 7 * 24 * 3600 * 1000
+#: Default ``poll_interval``: how often an idle fetcher looks for work (ms).
+DEFAULT_POLL_INTERVAL = 100
+#: How often (s) a process deletes expired dead letters, old done rows and old heartbeats.
+MAINTENANCE_INTERVAL = 60.0
+#: The PostgreSQL channel enqueues notify.
+NOTIFY_CHANNEL = "django_actors"
+#: Rows per INSERT / ids per IN (...) list.
+CHUNK = 500
+
+_QUEUED, _CLAIMED, _DONE, _DEAD = "queued", "claimed", "done", "dead"
+_LOCK_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
+
+
+def _models() -> Any:
+    # Imported lazily: this module may be imported before the app registry is ready.
+    from .. import models
+
+    return models
+
+
+# Errors and retries --------------------------------------------------------------
+
+
+def is_lock_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a transient lock conflict worth retrying.
+
+    SQLite's "database is locked" / "busy", PostgreSQL's deadlock and
+    serialization failures.
+    """
+    cause = exc.__cause__ or exc
+    if (getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)) in _LOCK_SQLSTATES:
+        return True
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text or "database is busy" in text
+
+
+def run_with_retries(using: str, operation: Callable[[], T], *, lock_timeout: float = 60.0) -> T:
+    """Run a short database operation, retrying transient failures.
+
+    Lock conflicts are retried with jittered exponential backoff for up to
+    ``lock_timeout`` seconds; a broken connection is closed and the operation
+    retried twice. Inside a caller's transaction nothing is retried (the
+    transaction is not ours to redo).
+
+    Raises:
+      ConnectionClosed: the database stayed unreachable.
+      django.db.Error: anything else, unchanged.
+    """
+    connection = connections[using]
+    delay = 0.002
+    deadline: float | None = None
+    reconnects = 0
+    while True:
+        try:
+            return operation()
+        except (OperationalError, InterfaceError) as exc:
+            if connection.in_atomic_block:
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + lock_timeout
+            if is_lock_error(exc):
+                if now >= deadline:
+                    raise
+                time.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not crypto
+                delay = min(delay * 2, 0.2)
+                continue
+            if isinstance(exc, OperationalError) and _usable(connection):
+                raise  # a statement error (missing table...), not a lost connection
+            _close_quietly(connection)
+            reconnects += 1
+            if reconnects > 2:
+                raise ConnectionClosed(f"Lost the connection to database {using!r}: {exc}") from exc
+            time.sleep(delay)
+            delay = min(delay * 4, 0.5)
+
+
+def _usable(connection: BaseDatabaseWrapper) -> bool:
+    if connection.connection is None:
+        return False
+    try:
+        return bool(connection.is_usable())
+    except Exception:
+        return False
+
+
+def _close_quietly(connection: BaseDatabaseWrapper) -> None:
+    try:
+        connection.close()
+    except Exception:
+        logger.debug("Closing a broken connection failed.", exc_info=True)
+
+
+def chunked(values: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
+    """Yield ``values`` in slices of at most ``size``."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+# In-process wake-ups ----------------------------------------------------------------
+
+
+class Signal:
+    """A condition with a generation counter: waiters never miss a notify
+    that happened between their check and their wait."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        """The number of notifies so far."""
+        return self._generation
+
+    def notify(self) -> None:
+        """Wake every waiter."""
+        with self._condition:
+            self._generation += 1
+            self._condition.notify_all()
+
+    def wait(self, generation: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a notify after ``generation``; whether one came."""
+        with self._condition:
+            if self._generation != generation:
+                return True
+            self._condition.wait(max(timeout, 0))
+            return self._generation != generation
+
+
+_signals: dict[tuple[str, str], Signal] = {}
+_signals_lock = threading.Lock()
+
+
+def signal(using: str, name: str) -> Signal:
+    """The process-wide :class:`Signal` called ``name`` for database ``using``."""
+    key = (using, name)
+    with _signals_lock:
+        found = _signals.get(key)
+        if found is None:
+            found = _signals[key] = Signal()
+        return found
+
+
+# Dead letters -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DeadLetter:
+    """A dead-lettered message, as listed by :meth:`DatabaseBroker.dead_letters`."""
+
+    id: int
+    message_id: str
+    queue_name: str
+    actor_name: str
+    reason: str
+    #: When it was dead-lettered, epoch ms.
+    failed_at: int
+    deliveries: int
+    payload: bytes
+
+    @property
+    def message(self) -> Message[Any] | None:
+        """The decoded message, ``None`` when the payload cannot be decoded."""
+        try:
+            return Message.decode(self.payload)
+        except DecodeError:
+            return None
+
+
+# The middleware the broker adds to itself ----------------------------------------------
+
+
+class CloseConnections(Middleware):
+    """Close a thread's database connections when a worker or consumer thread
+    ends (Django connections are per thread and would otherwise stay open).
+
+    The database broker installs it on itself; it is harmless next to
+    :class:`~django_actors.middleware.django_db.DbConnections`.
+    """
+
+    def before_worker_thread_shutdown(self, broker: Broker, thread: Any) -> None:
+        connections.close_all()
+
+    def before_consumer_thread_shutdown(self, broker: Broker, thread: Any) -> None:
+        connections.close_all()
+
+
+# The broker ----------------------------------------------------------------------------------
+
+
+class DatabaseBroker(Broker):
+    """A broker that keeps messages in a table of a Django database.
+
+    Delivery is at least once: a message leaves the table only when acked or
+    dead-lettered, and the claims of a worker whose heartbeat lapses are
+    released for others to fetch.
+
+    Parameters:
+      middleware: the middleware (defaults as for every broker).
+      using: the Django database alias.
+      heartbeat_timeout: ms after which a silent worker's claims are released.
+      dead_message_ttl: ms dead letters are kept.
+      poll_interval: ms between looks of an idle fetcher (fetchers in the
+        enqueuing process, and on PostgreSQL every listening fetcher, wake at once).
+      retention: ms acked messages are kept (marked done) before being
+        deleted; 0 deletes them at ack.
+      journal_mode: the SQLite journal mode to set (``"wal"`` by default so
+        readers and the writer do not block each other); ``None`` leaves it.
+      listen: on PostgreSQL with psycopg 3, wake idle fetchers with
+        ``LISTEN``/``NOTIFY``.
+      max_message_size: bytes, checked at send and at receive.
+    """
+
+    supports_batch_enqueue = True
+
+    def __init__(
+        self,
+        middleware: Iterable[Middleware] | None = None,
+        *,
+        using: str = "default",
+        heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT,
+        dead_message_ttl: int = DEFAULT_DEAD_MESSAGE_TTL,
+        poll_interval: int = DEFAULT_POLL_INTERVAL,
+        retention: int = 0,
+        journal_mode: str | None = "wal",
+        listen: bool = True,
+        max_message_size: int = 4 * 1024 * 1024,
+    ) -> None:
+        for name, value, low in (
+            ("heartbeat_timeout", heartbeat_timeout, 1),
+            ("dead_message_ttl", dead_message_ttl, 0),
+            ("poll_interval", poll_interval, 1),
+            ("retention", retention, 0),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"DatabaseBroker {name} must be an int >= {low} (milliseconds), not {value!r}.")
+        if not isinstance(using, str) or not using:
+            raise ValueError(f"DatabaseBroker using must be a database alias, not {using!r}.")
+        self.using = using
+        self.heartbeat_timeout = heartbeat_timeout
+        self.dead_message_ttl = dead_message_ttl
+        self.poll_interval = poll_interval
+        self.retention = retention
+        self.journal_mode = journal_mode
+        self.listen = listen
+        self._queues: set[str] = set()
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._worker_id: str | None = None
+        self._heartbeat: _HeartbeatThread | None = None
+        self._consumers = 0
+        self._next_reap = 0.0
+        self._next_maintenance = 0.0
+        self._prepared = False
+        self._failures: list[MessageProxy] = []
+        #: Force a claim strategy ("postgresql", "returning" or "generic"); tests.
+        self.claim_strategy: str | None = None
+        super().__init__(middleware, max_message_size=max_message_size)
+        self.add_middleware(CloseConnections())
+
+    def __repr__(self) -> str:
+        return f"<DatabaseBroker using={self.using!r}>"
+
+    # Connections ---------------------------------------------------------------------
+
+    @property
+    def connection(self) -> BaseDatabaseWrapper:
+        """This thread's connection to the broker's database."""
+        return connections[self.using]
+
+    def _run(self, operation: Callable[[], T]) -> T:
+        self._prepare()
+        return run_with_retries(self.using, operation)
+
+    def _prepare(self) -> None:
+        """Once per process: set SQLite's journal mode."""
+        if self._prepared:
+            return
+        connection = self.connection
+        if connection.vendor != "sqlite" or not self.journal_mode:
+            self._prepared = True
+        elif not connection.in_atomic_block:
+            self._prepared = True
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(f"PRAGMA journal_mode={self.journal_mode}")
+            except DatabaseError as exc:  # e.g. locked by another process: not fatal
+                logger.warning("Could not set SQLite journal_mode=%s: %s", self.journal_mode, exc)
+
+    @property
+    def _table(self) -> str:
+        return str(self.connection.ops.quote_name(_models().QueuedMessage._meta.db_table))
+
+    def _objects(self) -> Any:
+        return _models().QueuedMessage.objects.using(self.using)
+
+    # Queues ----------------------------------------------------------------------------
+
+    def _declare_queue(self, queue_name: str) -> None:
+        with self._lock:
+            self._queues.add(queue_name)
+
+    def get_declared_queues(self) -> set[str]:
+        return set(self._queues)
+
+    # Enqueueing --------------------------------------------------------------------------
+
+    def _priority(self, message: Message[Any]) -> int:
+        actor = self.actors.get(message.actor_name)
+        return actor.priority if actor is not None else 0
+
+    def _enqueue_many(self, items: list[tuple[Message[Any], bytes]], eta: int | None) -> None:
+        QueuedMessage = _models().QueuedMessage  # noqa: N806
+        queues = sorted({message.queue_name for message, _ in items})
+
+        def insert() -> None:
+            now = current_millis()
+            rows = [
+                QueuedMessage(
+                    queue_name=message.queue_name,
+                    actor_name=message.actor_name,
+                    message_id=message.message_id,
+                    priority=self._priority(message),
+                    eta=now if eta is None else eta,
+                    state=_QUEUED,
+                    payload=data,
+                    enqueued_at=now,
+                    updated_at=now,
+                )
+                for message, data in items
+            ]
+            with transaction.atomic(using=self.using):
+                for chunk in chunked(rows):
+                    QueuedMessage.objects.using(self.using).bulk_create(chunk)
+                self._notify_enqueued(queues)
+
+        self._run(insert)
+        transaction.on_commit(self._wake_fetchers, using=self.using)
+
+    def _notify_enqueued(self, queues: list[str]) -> None:
+        if self.listen and self.connection.vendor == "postgresql":
+            with self.connection.cursor() as cursor:
+                for queue_name in queues:
+                    cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, queue_name])
+
+    def _wake_fetchers(self) -> None:
+        signal(self.using, "enqueued").notify()
+
+    # Consuming -----------------------------------------------------------------------------
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> DatabaseConsumer:
+        """Return a consumer for ``queue_name``; starts this process's heartbeat.
+
+        Raises:
+          QueueNotFound: the queue is not declared on this broker.
+        """
+        if queue_name not in self._queues:
+            raise QueueNotFound(f"Queue {queue_name!r} is not declared.")
+        self._start_consuming()
+        return DatabaseConsumer(self, queue_name, prefetch, timeout)
+
+    @property
+    def worker_id(self) -> str:
+        """This process's worker id, as written in heartbeats and claims."""
+        with self._lock:
+            if self._worker_id is None or self._pid != os.getpid():
+                # New process (or forked): new identity, no inherited threads.
+                self._pid = os.getpid()
+                self._worker_id = f"{socket.gethostname()}:{self._pid}:{uuid.uuid4().hex[:12]}"
+                self._heartbeat = None
+                self._consumers = 0
+            return self._worker_id
+
+    def _start_consuming(self) -> None:
+        worker_id = self.worker_id
+        with self._lock:
+            self._consumers += 1
+            if self._heartbeat is not None:
+                return
+            # The first beat is written before any claim, so a claim never
+            # belongs to a worker without a heartbeat row.
+            self._run(lambda: self._beat(worker_id))
+            self._heartbeat = _HeartbeatThread(self, worker_id)
+            self._heartbeat.start()
+            if self.listen and self.connection.vendor == "postgresql":
+                _Listener.acquire(self.using)
+
+    def _stop_consuming(self) -> None:
+        with self._lock:
+            if self._pid != os.getpid() or self._consumers <= 0:
+                return
+            self._consumers -= 1
+            if self._consumers or self._heartbeat is None:
+                return
+            heartbeat, self._heartbeat = self._heartbeat, None
+            worker_id = self._worker_id
+        heartbeat.stop()
+        if self.listen and self.connection.vendor == "postgresql":
+            _Listener.release(self.using)
+        try:
+            self._run(lambda: _models().WorkerHeartbeat.objects.using(self.using).filter(worker_id=worker_id).delete())
+        except Exception:
+            logger.exception("Could not delete the heartbeat of worker %s.", worker_id)
+
+    def _beat(self, worker_id: str) -> None:
+        WorkerHeartbeat = _models().WorkerHeartbeat  # noqa: N806
+        now = current_millis()
+        manager = WorkerHeartbeat.objects.using(self.using)
+        if not manager.filter(worker_id=worker_id).update(last_seen=now):
+            manager.create(
+                worker_id=worker_id,
+                hostname=socket.gethostname()[:255],
+                pid=os.getpid(),
+                started_at=now,
+                last_seen=now,
+            )
+
+    # Claims -------------------------------------------------------------------------------------
+
+    def _strategy(self) -> str:
+        if self.claim_strategy:
+            return self.claim_strategy
+        connection = self.connection
+        if connection.vendor == "postgresql":
+            return "postgresql"
+        if connection.vendor == "sqlite" and connection.features.can_return_columns_from_insert:
+            return "returning"  # SQLite >= 3.35 has UPDATE ... RETURNING
+        return "generic"
+
+    _COLUMNS = ("id", "message_id", "actor_name", "priority", "eta", "payload")
+
+    def _claim(self, queue_name: str, count: int) -> tuple[list[tuple[Any, ...]], bool]:
+        """Claim up to ``count`` runnable messages of a queue.
+
+        Returns the claimed rows (``_COLUMNS``), in delivery order, and
+        whether another fetcher won a race for some of them.
+        """
+        strategy = self._strategy()
+        now = current_millis()
+        worker_id = self.worker_id
+        token = uuid.uuid4().hex
+        if strategy in ("postgresql", "returning"):
+            rows = self._run(lambda: self._claim_returning(strategy, queue_name, count, now, worker_id, token))
+            return sorted(rows, key=lambda row: (row[3], row[4], row[0])), False
+        return self._run(lambda: self._claim_generic(queue_name, count, now, worker_id, token))
+
+    def _claim_returning(
+        self, strategy: str, queue_name: str, count: int, now: int, worker_id: str, token: str
+    ) -> list[tuple[Any, ...]]:
+        qn = self.connection.ops.quote_name
+        table = self._table
+        columns = ", ".join(f"{table}.{qn(c)}" for c in self._COLUMNS)
+        assignments = (
+            f"{qn('state')} = %s, {qn('claimed_by')} = %s, {qn('claim_token')} = %s, "
+            f"{qn('updated_at')} = %s, {qn('deliveries')} = {table}.{qn('deliveries')} + 1"
+        )
+        pick = (
+            f"SELECT {qn('id')} FROM {table} WHERE {qn('queue_name')} = %s AND {qn('state')} = %s "
+            f"AND {qn('eta')} <= %s ORDER BY {qn('priority')}, {qn('eta')}, {qn('id')} LIMIT %s"
+        )
+        params: list[Any] = [_CLAIMED, worker_id, token, now, queue_name, _QUEUED, now, count]
+        if strategy == "postgresql":
+            sql = (
+                f"UPDATE {table} SET {assignments} FROM ({pick} FOR UPDATE SKIP LOCKED) AS picked "
+                f"WHERE {table}.{qn('id')} = picked.{qn('id')} RETURNING {columns}"
+            )
+        else:
+            sql = (
+                f"UPDATE {table} SET {assignments} WHERE {qn('id')} IN ({pick}) AND {qn('state')} = %s "
+                f"RETURNING {columns}"
+            )
+            params.append(_QUEUED)
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return [tuple(row) for row in cursor.fetchall()]
+
+    def _claim_generic(
+        self, queue_name: str, count: int, now: int, worker_id: str, token: str
+    ) -> tuple[list[tuple[Any, ...]], bool]:
+        from django.db.models import F
+
+        objects = self._objects()
+        runnable = objects.filter(queue_name=queue_name, state=_QUEUED, eta__lte=now).order_by("priority", "eta", "id")
+        claim = {
+            "state": _CLAIMED,
+            "claimed_by": worker_id,
+            "claim_token": token,
+            "updated_at": now,
+            "deliveries": F("deliveries") + 1,
+        }
+        if self.connection.features.has_select_for_update_skip_locked:
+            with transaction.atomic(using=self.using):
+                rows = list(runnable.select_for_update(skip_locked=True).values_list(*self._COLUMNS)[:count])
+                if rows:
+                    objects.filter(id__in=[row[0] for row in rows]).update(**claim)
+            return rows, False
+        # A conditional update: only rows still queued are taken, then read
+        # back by this fetch's token: exactly the rows this fetch claimed.
+        candidates = list(runnable.values_list("id", flat=True)[:count])
+        if not candidates:
+            return [], False
+        claimed = objects.filter(id__in=candidates, state=_QUEUED).update(**claim)
+        if not claimed:
+            return [], True
+        rows = list(
+            objects.filter(id__in=candidates, claim_token=token, state=_CLAIMED)
+            .order_by("priority", "eta", "id")
+            .values_list(*self._COLUMNS)
+        )
+        return rows, claimed < len(candidates)
+
+    # Settling ---------------------------------------------------------------------------------------
+
+    def _ack(self, row_id: int) -> None:
+        objects = self._objects()
+        if self.retention:
+            self._run(
+                lambda: objects.filter(id=row_id).update(
+                    state=_DONE, updated_at=current_millis(), claimed_by=None, claim_token=None
+                )
+            )
+        else:
+            self._run(lambda: objects.filter(id=row_id).delete())
+        signal(self.using, "settled").notify()
+
+    def _nack(self, proxy: MessageProxy) -> None:
+        reason = proxy.fail_reason or "failed"
+        self._run(
+            lambda: self._objects()
+            .filter(id=proxy.tag)
+            .exclude(state=_DONE)
+            .update(state=_DEAD, updated_at=current_millis(), claimed_by=None, claim_token=None, reason=reason)
+        )
+        with self._lock:
+            self._failures.append(proxy)
+            del self._failures[:-100]
+        signal(self.using, "settled").notify()
+
+    def _requeue(self, row_ids: list[int]) -> None:
+        worker_id = self.worker_id
+        for chunk in chunked(row_ids):
+            self._run(
+                lambda chunk=chunk: self._objects()  # type: ignore[misc]
+                .filter(id__in=chunk, state=_CLAIMED, claimed_by=worker_id)
+                .update(state=_QUEUED, claimed_by=None, claim_token=None, updated_at=current_millis())
+            )
+        self._wake_fetchers()
+        signal(self.using, "settled").notify()
+
+    # The reaper and maintenance ----------------------------------------------------------------------
+
+    def maybe_reap(self) -> None:
+        """Run :meth:`reap` if it has not run in this process for half a heartbeat timeout."""
+        now = time.monotonic()
+        if now < self._next_reap:
+            return
+        self._next_reap = now + max(self.heartbeat_timeout / 2000, 0.05)
+        try:
+            released = self.reap()
+            if released:
+                logger.warning("Released %d message(s) claimed by workers whose heartbeat lapsed.", released)
+            if now >= self._next_maintenance:
+                self._next_maintenance = now + MAINTENANCE_INTERVAL
+                self.prune()
+        except Exception:
+            logger.exception("The database broker's reaper failed; it will run again.")
+
+    def reap(self) -> int:
+        """Release the claims of workers whose heartbeat is older than
+        ``heartbeat_timeout``; return how many messages were released."""
+        WorkerHeartbeat = _models().WorkerHeartbeat  # noqa: N806
+        now = current_millis()
+        cutoff = now - self.heartbeat_timeout
+        alive = WorkerHeartbeat.objects.using(self.using).filter(last_seen__gte=cutoff).values("worker_id")
+        released: int = self._run(
+            lambda: self._objects()
+            .filter(state=_CLAIMED, updated_at__lt=cutoff)
+            .exclude(claimed_by__in=alive)
+            .update(state=_QUEUED, claimed_by=None, claim_token=None, updated_at=now)
+        )
+        if released:
+            self._wake_fetchers()
+        return released
+
+    def prune(self, *, older_than: int | None = None, dead_letters: bool = True) -> dict[str, int]:
+        """Delete finished rows by age; return counts by kind.
+
+        Parameters:
+          older_than: ms; done and dead rows finished longer ago are deleted.
+            By default done rows older than ``retention`` and dead letters
+            older than ``dead_message_ttl``.
+          dead_letters: also delete dead letters.
+        """
+        WorkerHeartbeat = _models().WorkerHeartbeat  # noqa: N806
+        now = current_millis()
+        objects = self._objects()
+        done_cutoff = now - (self.retention if older_than is None else older_than)
+        dead_cutoff = now - (self.dead_message_ttl if older_than is None else older_than)
+        counts = {"done": 0, "dead": 0, "workers": 0}
+        counts["done"] = self._run(lambda: objects.filter(state=_DONE, updated_at__lte=done_cutoff).delete()[0])
+        if dead_letters:
+            counts["dead"] = self._run(lambda: objects.filter(state=_DEAD, updated_at__lt=dead_cutoff).delete()[0])
+        # Heartbeats of workers long gone (their claims were released by the reaper).
+        gone = now - max(10 * self.heartbeat_timeout, 3_600_000)
+        counts["workers"] = self._run(
+            lambda: WorkerHeartbeat.objects.using(self.using).filter(last_seen__lt=gone).delete()[0]
+        )
+        return counts
+
+    # Queue-wide operations ------------------------------------------------------------------------------
+
+    def pending_count(self, queue_name: str) -> int:
+        """How many messages of a queue are queued (delayed included) or claimed."""
+        return int(
+            self._run(lambda: self._objects().filter(queue_name=queue_name, state__in=(_QUEUED, _CLAIMED)).count())
+        )
+
+    def flush(self, queue_name: str) -> None:
+        """Drop a queue's queued (delayed included) and done messages.
+
+        Claimed messages stay until their worker settles them; dead letters stay.
+        """
+        validate_queue_name(queue_name)
+        self._run(lambda: self._objects().filter(queue_name=queue_name, state__in=(_QUEUED, _DONE)).delete())
+        signal(self.using, "settled").notify()
+
+    def flush_all(self) -> None:
+        """Drop every queued, done and dead message of every queue."""
+        self._run(lambda: self._objects().filter(state__in=(_QUEUED, _DONE, _DEAD)).delete())
+        with self._lock:
+            self._failures.clear()
+        signal(self.using, "settled").notify()
+
+    def join(self, queue_name: str, *, timeout: int | None = None, fail_fast: bool = False) -> None:
+        """Wait until a queue has no queued (delayed included) or claimed message.
+
+        Parameters:
+          timeout: milliseconds; ``None`` waits forever.
+          fail_fast: raise the exception of the first message this process
+            dead-lettered while waiting.
+
+        Raises:
+          QueueJoinTimeout: the timeout ran out.
+        """
+        validate_queue_name(queue_name)
+        deadline = None if timeout is None else time.monotonic() + timeout / 1000
+        settled = signal(self.using, "settled")
+        with self._lock:
+            self._failures.clear()
+        pause = 0.005
+        while True:
+            generation = settled.generation
+            if fail_fast:
+                with self._lock:
+                    failed = self._failures[0] if self._failures else None
+                    self._failures.clear()
+                if failed is not None:
+                    raise failed.exception or RuntimeError(failed.fail_reason or "message failed")
+            self.maybe_reap()
+            if not self.pending_count(queue_name):
+                return
+            wait = pause
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise QueueJoinTimeout(f"Queue {queue_name!r} was not empty after {timeout} ms.")
+                wait = min(wait, remaining)
+            woken = settled.wait(generation, wait)
+            pause = 0.005 if woken else min(pause * 2, self.poll_interval / 1000)
+
+    def close(self) -> None:
+        """Stop this process's heartbeat and close this thread's connection."""
+        with self._lock:
+            if self._pid == os.getpid() and self._heartbeat is not None:
+                self._consumers = 1
+        self._stop_consuming()
+        connection = self.connection
+        if not connection.in_atomic_block:
+            _close_quietly(connection)
+
+    # Dead letters ------------------------------------------------------------------------------------------
+
+    def _dead(self, queue_name: str | None, message_ids: Iterable[str] | None) -> Any:
+        cutoff = current_millis() - self.dead_message_ttl
+        query = self._objects().filter(state=_DEAD, updated_at__gte=cutoff)
+        if queue_name is not None:
+            query = query.filter(queue_name=queue_name)
+        if message_ids is not None:
+            query = query.filter(message_id__in=list(message_ids))
+        return query
+
+    def dead_letters(
+        self,
+        queue_name: str | None = None,
+        *,
+        message_ids: Iterable[str] | None = None,
+        limit: int | None = 100,
+        offset: int = 0,
+    ) -> list[DeadLetter]:
+        """List dead letters (expired ones excluded), most recent first.
+
+        Parameters:
+          queue_name: only this queue's.
+          message_ids: only these messages.
+          limit: at most this many (``None``: all).
+          offset: skip this many first.
+        """
+        query = self._dead(queue_name, message_ids).order_by("-updated_at", "-id")
+        fields = ("id", "message_id", "queue_name", "actor_name", "reason", "updated_at", "deliveries", "payload")
+        query = query.values_list(*fields)
+        query = query[offset:] if limit is None else query[offset : offset + limit]
+        rows = self._run(lambda: list(query))
+        return [
+            DeadLetter(
+                id=row[0],
+                message_id=row[1],
+                queue_name=row[2],
+                actor_name=row[3],
+                reason=row[4],
+                failed_at=row[5],
+                deliveries=row[6],
+                payload=bytes(row[7]),
+            )
+            for row in rows
+        ]
+
+    def dead_letter_count(self, queue_name: str | None = None) -> int:
+        """How many dead letters there are (expired ones excluded)."""
+        return int(self._run(lambda: self._dead(queue_name, None).count()))
+
+    def requeue_dead_letters(self, message_ids: Iterable[str] | None = None, *, queue_name: str | None = None) -> int:
+        """Put dead letters back on their queues, to run now; return how many.
+
+        Parameters:
+          message_ids: only these messages; all when ``None``.
+          queue_name: only this queue's.
+        """
+        now = current_millis()
+        ids = None if message_ids is None else list(message_ids)
+        count = 0
+        for chunk in [None] if ids is None else chunked(ids):
+            count += self._run(
+                lambda chunk=chunk: self._dead(queue_name, chunk).update(  # type: ignore[misc]
+                    state=_QUEUED, eta=now, updated_at=now, reason="", claimed_by=None, claim_token=None
+                )
+            )
+        if count:
+            self._wake_fetchers()
+        return count
+
+    def purge_dead_letters(self, message_ids: Iterable[str] | None = None, *, queue_name: str | None = None) -> int:
+        """Delete dead letters; return how many.
+
+        Parameters:
+          message_ids: only these messages; all when ``None`` (expired ones too).
+          queue_name: only this queue's.
+        """
+        ids = None if message_ids is None else list(message_ids)
+        count = 0
+        for chunk in [None] if ids is None else chunked(ids):
+            query = self._objects().filter(state=_DEAD)
+            if queue_name is not None:
+                query = query.filter(queue_name=queue_name)
+            if chunk is not None:
+                query = query.filter(message_id__in=chunk)
+            count += self._run(lambda query=query: query.delete()[0])  # type: ignore[misc]
+        return count
+
+
+class DatabaseConsumer(Consumer):
+    """Consumes one queue of a :class:`DatabaseBroker`.
+
+    ``fetch`` runs in the worker's consumer thread; ``ack``, ``nack`` and
+    ``requeue`` in worker threads, each on its own thread's connection. No
+    transaction is held open while waiting.
+    """
+
+    def __init__(self, broker: DatabaseBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        self.broker = broker
+        self.queue_name = queue_name
+        self.prefetch = prefetch
+        self.timeout = timeout
+        self._closed = False
+
+    def fetch(self, count: int) -> list[MessageProxy]:
+        """Claim up to ``count`` runnable messages, waiting up to the timeout.
+
+        Raises:
+          ConnectionClosed: the database is unreachable.
+        """
+        broker = self.broker
+        if count <= 0:
+            return []
+        deadline = time.monotonic() + self.timeout / 1000
+        enqueued = signal(broker.using, "enqueued")
+        while True:
+            generation = enqueued.generation
+            broker.maybe_reap()
+            rows, contended = broker._claim(self.queue_name, count)
+            if rows:
+                return [self._proxy(row) for row in rows]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            if contended:
+                continue  # another fetcher took them: look again at once
+            enqueued.wait(generation, min(remaining, broker.poll_interval / 1000))
+
+    def _proxy(self, row: tuple[Any, ...]) -> MessageProxy:
+        row_id, message_id, actor_name, _, _, payload = row
+        data = bytes(payload)
+        limit = self.broker.max_message_size
+        try:
+            message = Message.decode(data)
+        except DecodeError as exc:
+            # Undecodable: the worker dead-letters it at once, with its reason.
+            proxy = MessageProxy(self._placeholder(message_id, actor_name), tag=row_id)
+            proxy.stuff_exception(exc)
+            proxy.fail(f"undecodable message: {exc}")
+            return proxy
+        proxy = MessageProxy(message, tag=row_id)
+        if len(data) > limit:
+            error = MessageTooLarge(f"message is {len(data)} bytes, over max_message_size ({limit} bytes)")
+            proxy.stuff_exception(error)
+            proxy.fail(str(error))
+        return proxy
+
+    def _placeholder(self, message_id: str, actor_name: str) -> Message[Any]:
+        placeholder: Message[Any] = Message(queue_name=self.queue_name, actor_name="", args=(), kwargs={}, options={})
+        return placeholder.copy(message_id=message_id) if message_id else placeholder
+
+    def ack(self, message: MessageProxy) -> None:
+        self.broker._ack(message.tag)
+
+    def nack(self, message: MessageProxy) -> None:
+        self.broker._nack(message)
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        row_ids = [proxy.tag for proxy in messages]
+        if row_ids:
+            self.broker._requeue(row_ids)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.broker._stop_consuming()
+
+
+class _HeartbeatThread(threading.Thread):
+    """Keeps a worker's heartbeat row fresh; closes its connection when done."""
+
+    def __init__(self, broker: DatabaseBroker, worker_id: str) -> None:
+        super().__init__(name="django-actors-heartbeat", daemon=True)
+        self.broker = broker
+        self.worker_id = worker_id
+        self.interval = max(broker.heartbeat_timeout / 4000, 0.01)
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stopped.wait(self.interval):
+                try:
+                    run_with_retries(self.broker.using, lambda: self.broker._beat(self.worker_id), lock_timeout=5.0)
+                except Exception:
+                    logger.warning("Could not write the heartbeat of worker %s.", self.worker_id, exc_info=True)
+        finally:
+            connections.close_all()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self is not threading.current_thread():
+            self.join(5)
+
+
+class _Listener(threading.Thread):
+    """One per process and PostgreSQL alias: ``LISTEN`` on a dedicated psycopg
+    connection and wake the process's idle fetchers on every ``NOTIFY``."""
+
+    _instances: dict[str, _Listener] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, using: str) -> None:
+        super().__init__(name=f"django-actors-listen-{using}", daemon=True)
+        self.using = using
+        self.users = 0
+        self._stopped = threading.Event()
+
+    @classmethod
+    def acquire(cls, using: str) -> None:
+        """Start (or share) the listener of ``using``."""
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:  # psycopg2 only: fetchers poll
+            return
+        with cls._lock:
+            listener = cls._instances.get(using)
+            if listener is None or not listener.is_alive():
+                listener = cls._instances[using] = cls(using)
+                listener.start()
+            listener.users += 1
+
+    @classmethod
+    def release(cls, using: str) -> None:
+        """Stop the listener of ``using`` when its last user is gone."""
+        with cls._lock:
+            listener = cls._instances.get(using)
+            if listener is None:
+                return
+            listener.users -= 1
+            if listener.users > 0:
+                return
+            del cls._instances[using]
+        listener._stopped.set()
+        listener.join(5)
+
+    def run(self) -> None:
+        import psycopg
+
+        enqueued = signal(self.using, "enqueued")
+        backoff = 0.1
+        while not self._stopped.is_set():
+            try:
+                params = connections[self.using].get_connection_params()
+                params.pop("cursor_factory", None)
+                params.pop("context", None)
+                with psycopg.connect(**params, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    backoff = 0.1
+                    enqueued.notify()  # catch up on anything sent while not listening
+                    while not self._stopped.is_set():
+                        for _ in conn.notifies(timeout=0.25, stop_after=1):
+                            enqueued.notify()
+            except Exception as exc:
+                if self._stopped.is_set():
+                    break
+                logger.warning("LISTEN on database %r failed (%s); retrying in %.1fs.", self.using, exc, backoff)
+                self._stopped.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
