@@ -28,6 +28,8 @@ import redis
 from pytest_redis import factories
 from pytest_redis.executor import RedisExecutor
 
+pytest_plugins = ["tests.conftest_pg"]
+
 REDIS_HOST = "127.0.0.1"
 
 
