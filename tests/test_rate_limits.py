@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
+from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 import django_actors
@@ -599,12 +600,28 @@ def test_redis_backend_accepts_a_client(redis_client: redis.Redis) -> None:
 
 
 def test_redis_backend_rejects_bad_configuration() -> None:
-    with pytest.raises(ValueError, match="only one of url, client and cache"):
+    with pytest.raises(ValueError, match="only one of url=, client= or cache="):
         RedisBackend(url="redis://127.0.0.1:6379/0", cache="default")
     with pytest.raises(ValueError, match="namespace"):
         RedisBackend(namespace="")
-    with override_settings(CACHES={"local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}):
-        with pytest.raises(ValueError, match="not a django-redis cache"):
-            RedisBackend(cache="local")
-        with pytest.raises(ValueError, match="no such entry"):
-            RedisBackend(cache="missing")
+    caches = {"local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    with override_settings(CACHES=caches):
+        # The cache is looked up on first use, not at import time.
+        not_redis = ConcurrentRateLimiter(RedisBackend(cache="local"), "k")
+        with pytest.raises(ImproperlyConfigured, match="not a Redis cache"):
+            try_acquire(not_redis)
+        missing = ConcurrentRateLimiter(RedisBackend(cache="missing"), "k")
+        with pytest.raises(ImproperlyConfigured, match="no CACHES"):
+            try_acquire(missing)
+
+
+@pytest.mark.redis
+def test_redis_backend_reuses_djangos_own_redis_cache(redis_url: str) -> None:
+    caches = {"limits": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url}}
+    with override_settings(CACHES=caches):
+        from_cache = RedisBackend(cache="limits")
+        from_url = RedisBackend(url=redis_url)
+        key = unique_key()
+        with ConcurrentRateLimiter(from_cache, key).acquire():
+            assert not try_acquire(ConcurrentRateLimiter(from_url, key))
+        from_url.close()

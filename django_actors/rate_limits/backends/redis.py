@@ -8,19 +8,14 @@ notification list: no polling.
 
 from __future__ import annotations
 
-import importlib
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import redis
 from redis.commands.core import Script
 
-from ...errors import ConnectionClosed
+from ...redis_connection import RedisConnection, translate_errors
 from ..backend import RateLimiterBackend
-
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 #: The longest single BLPOP, in seconds; longer waits issue several.
 _MAX_BLOCK = 30.0
@@ -92,32 +87,35 @@ return 1
 """
 )
 
-
-@contextmanager
-def _translate_errors() -> Iterator[None]:
-    try:
-        yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError) as exc:
-        raise ConnectionClosed(f"lost the connection to Redis: {exc}") from exc
+_SCRIPTS = {
+    "add_member": _ADD_MEMBER,
+    "acquire_lease": _ACQUIRE_LEASE,
+    "add_to_window": _ADD_TO_WINDOW,
+    "incr_bucket": _INCR_BUCKET,
+}
 
 
 class RedisBackend(RateLimiterBackend):
     """Rate limiter state in Redis.
 
-    Give at most one of ``url``, ``client`` and ``cache``; with none of them
-    the backend connects to ``redis://127.0.0.1:6379/0``.
+    Give at most one of ``url``, ``client`` and ``cache`` (as for the Redis
+    broker and results backend); with none of them the backend connects to
+    ``redis://127.0.0.1:6379/0``. A client built from a URL is rebuilt in a
+    forked child.
 
     Parameters:
       url: a Redis URL; the backend opens (and closes) its own client.
       client: a ``redis.Redis`` client to use.
-      cache: the alias of a django-redis entry in ``CACHES`` whose connection
-        to reuse.
+      cache: a ``CACHES`` alias (django-redis or Django's ``RedisCache``)
+        whose connection to reuse.
       namespace: prefix of every key.
-      **client_options: extra arguments for ``redis.Redis.from_url``.
+      **parameters: redis-py connection options for a client built here.
 
     Raises:
-      ValueError: when more than one source is given, or ``cache`` is not a
-        django-redis cache.
+      ValueError: when more than one of url, client and cache is given, or
+        the namespace is empty.
+      django.core.exceptions.ImproperlyConfigured: when ``cache`` is not a
+        Redis cache (raised on first use).
     """
 
     def __init__(
@@ -127,69 +125,62 @@ class RedisBackend(RateLimiterBackend):
         client: redis.Redis | None = None,
         cache: str | None = None,
         namespace: str = "django-actors-rl",
-        **client_options: Any,
+        **parameters: Any,
     ) -> None:
-        given = [name for name, value in (("url", url), ("client", client), ("cache", cache)) if value is not None]
-        if len(given) > 1:
-            raise ValueError(f"give only one of url, client and cache (got {', '.join(given)})")
-        if client_options and (client is not None or cache is not None):
-            raise ValueError("client options only apply with url=")
-        if not namespace:
-            raise ValueError("namespace must not be empty")
-        self._owns_client = client is None and cache is None
-        if client is not None:
-            self.client = client
-        elif cache is not None:
-            self.client = _cache_connection(cache)
-        else:
-            self.client = redis.Redis.from_url(url or DEFAULT_URL, **client_options)
+        if not isinstance(namespace, str) or not namespace or any(c.isspace() for c in namespace):
+            raise ValueError(f"namespace must be a non-empty string without spaces, not {namespace!r}")
+        self.connection = RedisConnection(url=url, client=client, cache=cache, options=parameters)
         self.namespace = namespace
-        self._add_member: Script = self.client.register_script(_ADD_MEMBER)
-        self._acquire_lease: Script = self.client.register_script(_ACQUIRE_LEASE)
-        self._add_to_window: Script = self.client.register_script(_ADD_TO_WINDOW)
-        self._incr_bucket: Script = self.client.register_script(_INCR_BUCKET)
+        self._scripts: tuple[int, dict[str, Script]] | None = None
+
+    @property
+    def client(self) -> redis.Redis:
+        """The redis-py client of this process."""
+        return self.connection.client
+
+    def _script(self, name: str) -> Script:
+        client = self.client
+        bound = self._scripts
+        if bound is None or bound[0] != id(client):
+            bound = (id(client), {key: client.register_script(source) for key, source in _SCRIPTS.items()})
+            self._scripts = bound
+        return bound[1][name]
 
     def _key(self, kind: str, key: str) -> str:
         return f"{self.namespace}:{kind}:{key}"
 
     def add(self, key: str, value: int, ttl: int) -> bool:
-        with _translate_errors():
+        with translate_errors("creating a barrier"):
             return bool(self.client.set(self._key("value", key), value, px=ttl, nx=True))
 
     def get(self, key: str) -> int | None:
-        with _translate_errors():
+        with translate_errors("reading a barrier"):
             value = self.client.get(self._key("value", key))
         return None if value is None else int(value)
 
     def add_member(self, key: str, member: str, ttl: int) -> int:
-        with _translate_errors():
-            return int(self._add_member(keys=[self._key("members", key)], args=[member, ttl]))
+        with translate_errors("recording an arrival"):
+            return int(self._script("add_member")(keys=[self._key("members", key)], args=[member, ttl]))
 
     def count_members(self, key: str) -> int:
-        with _translate_errors():
+        with translate_errors("counting arrivals"):
             return int(self.client.scard(self._key("members", key)))
 
     def notify(self, key: str, count: int, ttl: int) -> None:
         if count <= 0:
             return
         name = self._key("events", key)
-        with _translate_errors(), self.client.pipeline(transaction=True) as pipe:
+        with translate_errors("releasing a barrier"), self.client.pipeline(transaction=True) as pipe:
             pipe.rpush(name, *([1] * count))
             pipe.pexpire(name, ttl)
             pipe.execute()
 
-    def _block_limit(self) -> float:
-        # A BLPOP longer than the client's socket timeout would fail as a timeout.
-        socket_timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
-        if socket_timeout:
-            return min(_MAX_BLOCK, float(socket_timeout) / 2)
-        return _MAX_BLOCK
-
     def wait(self, key: str, timeout: int) -> bool:
         name = self._key("events", key)
         deadline = time.monotonic() + max(timeout, 0) / 1000
-        limit = self._block_limit()
-        with _translate_errors():
+        # Each BLPOP ends before the client's socket timeout would fire.
+        limit = self.connection.max_block(_MAX_BLOCK)
+        with translate_errors("waiting at a barrier"):
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining < 0.001:
@@ -199,24 +190,24 @@ class RedisBackend(RateLimiterBackend):
                     return True
 
     def acquire_lease(self, key: str, holder: str, limit: int, ttl: int) -> bool:
-        with _translate_errors():
-            return bool(self._acquire_lease(keys=[self._key("lease", key)], args=[holder, limit, ttl]))
+        with translate_errors("acquiring a rate limiter lease"):
+            return bool(self._script("acquire_lease")(keys=[self._key("lease", key)], args=[holder, limit, ttl]))
 
     def release_lease(self, key: str, holder: str) -> None:
-        with _translate_errors():
+        with translate_errors("releasing a rate limiter lease"):
             self.client.zrem(self._key("lease", key), holder)
 
     def add_to_window(self, key: str, event: str, limit: int, window: int) -> bool:
-        with _translate_errors():
-            return bool(self._add_to_window(keys=[self._key("window", key)], args=[event, limit, window]))
+        with translate_errors("acquiring a window rate limiter"):
+            return bool(self._script("add_to_window")(keys=[self._key("window", key)], args=[event, limit, window]))
 
     def incr_bucket(self, key: str, limit: int, bucket: int) -> bool:
-        with _translate_errors():
-            return bool(self._incr_bucket(keys=[self._key("bucket", key)], args=[limit, bucket]))
+        with translate_errors("acquiring a bucket rate limiter"):
+            return bool(self._script("incr_bucket")(keys=[self._key("bucket", key)], args=[limit, bucket]))
 
     def flush(self) -> None:
         """Delete every key under this backend's namespace (SCAN, not KEYS)."""
-        with _translate_errors():
+        with translate_errors("flushing rate limiter keys"):
             batch: list[Any] = []
             for name in self.client.scan_iter(match=f"{self.namespace}:*", count=500):
                 batch.append(name)
@@ -227,22 +218,5 @@ class RedisBackend(RateLimiterBackend):
                 self.client.delete(*batch)
 
     def close(self) -> None:
-        if self._owns_client:
-            self.client.close()
-
-
-def _cache_connection(alias: str) -> redis.Redis:
-    from django.core.cache import caches
-    from django.core.cache.backends.base import InvalidCacheBackendError
-
-    try:
-        caches[alias]
-    except InvalidCacheBackendError as exc:
-        raise ValueError(f"cache={alias!r}: there is no such entry in CACHES") from exc
-    # django-redis ships no type information; import it as a plain module.
-    get_redis_connection = importlib.import_module("django_redis").get_redis_connection
-    try:
-        connection: redis.Redis = get_redis_connection(alias)
-    except NotImplementedError as exc:
-        raise ValueError(f"cache={alias!r} is not a django-redis cache (django_redis.cache.RedisCache)") from exc
-    return connection
+        """Close the client if it was built here; a given client or cache's is left open."""
+        self.connection.close()
