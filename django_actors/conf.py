@@ -45,10 +45,24 @@ DEFAULT_MIDDLEWARE: tuple[str, ...] = (
 )
 
 TOP_LEVEL_KEYS = frozenset(
-    {"BROKER", "RESULTS", "MIDDLEWARE", "DISCOVER", "DISCOVER_IGNORE", "ENCODER", "MAX_MESSAGE_SIZE"}
+    {"BROKER", "RESULTS", "MIDDLEWARE", "DISCOVER", "DISCOVER_IGNORE", "ENCODER", "MAX_MESSAGE_SIZE", "MIRROR"}
 )
 BACKEND_KEYS = frozenset({"BACKEND", "OPTIONS"})
 RESULTS_KEYS = BACKEND_KEYS | {"STORE_RESULTS", "RESULT_TTL"}
+MIRROR_KEYS = frozenset({"ENABLED", "FLUSH_INTERVAL", "RETENTION"})
+#: The admin mirror's middleware, put first in the default middleware when enabled.
+MIRROR_MIDDLEWARE = "django_actors.middleware.mirror.Mirror"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MirrorConfig:
+    """``DJANGO_ACTORS['MIRROR']``: the admin mirror (see :mod:`django_actors.mirror`)."""
+
+    enabled: bool = True
+    #: How often buffered events are written, in milliseconds.
+    flush_interval: int = 1000
+    #: How long mirror rows are kept, in milliseconds (7 days).
+    retention: int = 7 * 24 * 3600 * 1000
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -72,6 +86,7 @@ class ActorsSettings:
     discover_ignore: tuple[str, ...]
     encoder: str | None
     max_message_size: int | None
+    mirror: MirrorConfig = dataclasses.field(default_factory=MirrorConfig)
 
 
 def _backend(key: str, value: Any, allowed: frozenset[str]) -> BackendConfig:
@@ -96,6 +111,28 @@ def _strings(key: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise ImproperlyConfigured(f"DJANGO_ACTORS[{key!r}] must be a list of strings.")
     return tuple(value)
+
+
+def _mirror(value: Any) -> MirrorConfig:
+    if not isinstance(value, Mapping):
+        raise ImproperlyConfigured("DJANGO_ACTORS['MIRROR'] must be a dict.")
+    unknown = set(value) - MIRROR_KEYS
+    if unknown:
+        raise ImproperlyConfigured(
+            f"DJANGO_ACTORS['MIRROR'] has unknown key(s): {', '.join(sorted(map(str, unknown)))}. "
+            f"Allowed: {', '.join(sorted(MIRROR_KEYS))}."
+        )
+    defaults = MirrorConfig()
+    enabled = value.get("ENABLED", defaults.enabled)
+    if not isinstance(enabled, bool):
+        raise ImproperlyConfigured("DJANGO_ACTORS['MIRROR']['ENABLED'] must be a bool.")
+    numbers = {}
+    for key, default in (("FLUSH_INTERVAL", defaults.flush_interval), ("RETENTION", defaults.retention)):
+        number = value.get(key, default)
+        if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
+            raise ImproperlyConfigured(f"DJANGO_ACTORS['MIRROR'][{key!r}] must be a positive int (ms).")
+        numbers[key] = number
+    return MirrorConfig(enabled=enabled, flush_interval=numbers["FLUSH_INTERVAL"], retention=numbers["RETENTION"])
 
 
 def parse_settings(raw: Any) -> ActorsSettings:
@@ -158,6 +195,7 @@ def parse_settings(raw: Any) -> ActorsSettings:
         discover_ignore=_strings("DISCOVER_IGNORE", raw.get("DISCOVER_IGNORE", [])),
         encoder=encoder,
         max_message_size=max_size,
+        mirror=_mirror(raw.get("MIRROR", {})),
     )
 
 
@@ -210,15 +248,24 @@ def build_middleware(config: ActorsSettings | None = None) -> list[Middleware]:
     """Build the middleware list named in settings, Results last when configured.
 
     A ``Results`` listed in ``MIDDLEWARE`` without a backend gets the one
-    configured in ``RESULTS``.
+    configured in ``RESULTS``. With ``MIRROR['ENABLED']`` (the default) the
+    default middleware starts with the admin mirror's; with it off, a listed
+    mirror middleware is dropped.
     """
     from .middleware.middleware import Middleware
     from .results.middleware import Results
 
     config = config or get_settings()
     middleware: list[Middleware] = []
-    for item in config.middleware:
+    listed = config.middleware
+    if config.mirror.enabled and listed == DEFAULT_MIDDLEWARE:
+        listed = (MIRROR_MIDDLEWARE, *listed)  # first: its after_* hooks run once the others are done
+    for item in listed:
         path, kwargs = (item, {}) if isinstance(item, str) else item
+        if path == MIRROR_MIDDLEWARE:
+            if not config.mirror.enabled:
+                continue
+            kwargs = {"flush_interval": config.mirror.flush_interval, "retention": config.mirror.retention, **kwargs}
         cls = load_class(path, "middleware", Middleware)
         try:
             middleware.append(cls(**kwargs))

@@ -72,4 +72,6 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DJANGO_ACTORS = {
     "BROKER": {"BACKEND": "django_actors.brokers.stub.StubBroker"},
     "RESULTS": {"BACKEND": "django_actors.results.backends.stub.StubBackend"},
+    # The admin mirror writes to the database from a background thread; only its own tests turn it on.
+    "MIRROR": {"ENABLED": False},
 }

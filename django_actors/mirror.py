@@ -1,0 +1,1182 @@
+"""The admin mirror's write side: an in-process event buffer and its flusher.
+
+How it works
+------------
+The :class:`~django_actors.middleware.mirror.Mirror` middleware appends one
+small tuple per event (enqueued, started, succeeded, errored, skipped,
+dead-lettered) to a :class:`Recorder`'s deque. That is all the hot path
+does: no database work, no formatting.
+
+A daemon thread per process (the flusher) drains the deque every
+``flush_interval`` milliseconds (and when a worker stops) and writes it in a
+few statements inside one transaction:
+
+1. The events are folded into one row per message, and the rows are upserted
+   with a single ``executemany`` of ``INSERT ... ON CONFLICT (message_id) DO
+   UPDATE ... WHERE existing.rank < new.rank`` (SQLite >= 3.24 and PostgreSQL).
+   A message's *rank* is ``attempt * RANK_STRIDE + <rank of the event>``, so
+   states only move forward: a late "enqueued" never overwrites "succeeded",
+   and a retry (the next attempt) moves a message on from its errored attempt.
+2. The compositions those messages belong to (and every enclosing one) are
+   refreshed from the results backend: one ``_get_many`` for their end,
+   cancel (and, for ones this process has not seen yet, meta) records and one
+   ``_count_members`` for all their completion counters. Failed and skipped
+   members are counted in the mirror itself with one grouped query.
+3. A worker process writes its heartbeat row.
+
+Rows older than the retention are pruned by the flusher about once an hour,
+and by ``manage.py prune_mirror``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import datetime
+import logging
+import os
+import reprlib
+import socket
+import threading
+import time
+import traceback
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    from .broker import Broker
+    from .message import Message
+    from .results.backend import ResultBackend
+    from .worker import Worker
+
+logger = logging.getLogger(__name__)
+
+#: The flusher's default period, in milliseconds.
+DEFAULT_FLUSH_INTERVAL = 1000
+#: How long mirror rows are kept by default, in milliseconds (7 days).
+DEFAULT_RETENTION = 7 * 24 * 3600 * 1000
+#: The most events kept in memory; beyond it the oldest are dropped (and a warning logged).
+DEFAULT_MAX_BUFFER = 200_000
+#: The longest argument or result preview stored, in characters.
+PREVIEW_LENGTH = 500
+#: The longest traceback stored, in characters (the end is kept).
+TRACEBACK_LENGTH = 8000
+#: How often an idle worker writes its heartbeat, in seconds.
+HEARTBEAT_INTERVAL = 5.0
+#: How often the flusher prunes old rows, in seconds.
+PRUNE_INTERVAL = 3600.0
+#: How many compositions a process remembers having written.
+KNOWN_COMPOSITIONS = 10_000
+
+# Event kinds (indexes into _EVENT_RANK).
+ENQUEUE, START, ERROR, SKIP, SUCCESS, NACK = range(6)
+#: The rank of each event kind within one attempt.
+_EVENT_RANK = (1, 2, 5, 8, 8, 9)
+#: Ranks of consecutive attempts are this far apart.
+RANK_STRIDE = 16
+
+_preview_repr = reprlib.Repr()
+_preview_repr.maxstring = 200
+_preview_repr.maxother = 200
+_preview_repr.maxlist = _preview_repr.maxtuple = _preview_repr.maxdict = 20
+_preview_repr.maxset = _preview_repr.maxfrozenset = 20
+_preview_repr.maxlevel = 4
+
+
+def message_rank(kind: int, attempt: int) -> int:
+    """The rank of an event: it orders every event of a message across attempts."""
+    return max(attempt, 0) * RANK_STRIDE + _EVENT_RANK[kind]
+
+
+def truncate(text: str, limit: int = PREVIEW_LENGTH) -> str:
+    """Cut ``text`` to ``limit`` characters, marking the cut with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def preview_call(args: Iterable[Any], kwargs: dict[str, Any]) -> str:
+    """A short, bounded representation of a call's arguments."""
+    try:
+        parts = [_preview_repr.repr(arg) for arg in args]
+        parts += [f"{name}={_preview_repr.repr(value)}" for name, value in kwargs.items()]
+        return truncate(", ".join(parts))
+    except Exception as exc:  # a broken __repr__ must not stop the mirror
+        return f"<arguments could not be shown: {type(exc).__name__}>"
+
+
+def preview_value(value: Any) -> str:
+    """A short, bounded representation of a result."""
+    try:
+        return truncate(_preview_repr.repr(value))
+    except Exception as exc:
+        return f"<result could not be shown: {type(exc).__name__}>"
+
+
+def format_failure(exception: BaseException | None, reason: str | None = None) -> str:
+    """The traceback of ``exception`` (its end), else ``reason``."""
+    if exception is not None and exception.__traceback__ is not None:
+        text = "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))
+        if reason and reason not in text:
+            text = f"{reason}\n\n{text}"
+        return text[-TRACEBACK_LENGTH:]
+    if reason:
+        return reason[-TRACEBACK_LENGTH:]
+    if exception is not None:
+        return f"{type(exception).__name__}: {exception}"[-TRACEBACK_LENGTH:]
+    return ""
+
+
+def _from_millis(value: Any) -> datetime.datetime | None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        return None
+    return datetime.datetime.fromtimestamp(value / 1000, tz=datetime.UTC)
+
+
+def _from_seconds(value: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(value, tz=datetime.UTC)
+
+
+# Folding events into rows --------------------------------------------------------------
+
+
+class _Row:
+    """The merged state of one message within a batch of events."""
+
+    __slots__ = (
+        "actor_name", "args_preview", "composition_id", "enqueued_at", "eta", "finished_at", "message_id",
+        "position", "queue_name", "rank", "result_preview", "retries", "root_id", "started_at", "status",
+        "traceback", "worker",
+    )  # fmt: skip
+
+    def __init__(self, message: Message[Any], membership: dict[str, Any] | None) -> None:
+        options = message.options
+        self.message_id = message.message_id
+        self.actor_name = message.actor_name
+        self.queue_name = message.queue_name
+        self.composition_id: str | None = None
+        self.root_id: str | None = None
+        self.position: int | None = None
+        if membership:
+            self.composition_id = str(membership.get("id"))
+            path = membership.get("path") or [self.composition_id]
+            self.root_id = str(path[0])
+            position = membership.get("pos")
+            self.position = position if isinstance(position, int) else None
+        retries = options.get("retries", 0)
+        self.retries = retries if isinstance(retries, int) else 0
+        self.args_preview = preview_call(message.args, message.kwargs)
+        self.enqueued_at = _from_millis(message.message_timestamp)
+        self.eta = _from_millis(options.get("eta"))
+        self.rank = -1
+        self.status = ""
+        self.result_preview = ""
+        self.traceback = ""
+        self.started_at: datetime.datetime | None = None
+        self.finished_at: datetime.datetime | None = None
+        self.worker = ""
+
+    def apply(self, kind: int, when: float, extra: Any, attempt: int, worker: str) -> None:
+        rank = message_rank(kind, attempt)
+        if rank < self.rank:
+            return  # an older event (a redelivery): the row already holds a later state
+        self.rank = rank
+        self.retries = attempt
+        if kind == ENQUEUE:
+            if attempt > 0:
+                self.status = "retrying"
+                # Retries stores the failed attempt's traceback on the retry.
+                self.traceback = str(extra or "")[-TRACEBACK_LENGTH:] or self.traceback
+            elif self.eta is not None and self.eta.timestamp() > when:
+                self.status = "delayed"
+            else:
+                self.status = "enqueued"
+            return
+        self.worker = worker or self.worker
+        moment = _from_seconds(when)
+        if kind == START:
+            self.status = "started"
+            self.started_at = moment
+            self.finished_at = None
+        elif kind == SUCCESS:
+            self.status = "succeeded"
+            self.result_preview = preview_value(extra)
+            self.finished_at = moment
+        elif kind == ERROR:
+            self.status = "retrying"
+            self.traceback = format_failure(extra)
+            self.finished_at = moment
+        elif kind == SKIP:
+            self.status = "skipped"
+            self.finished_at = moment
+        elif kind == NACK:
+            self.status = "failed"
+            exception, reason = extra
+            self.traceback = format_failure(exception, reason) or self.traceback
+            self.finished_at = moment
+
+
+class _Touch:
+    """What a batch says about one composition."""
+
+    __slots__ = ("active", "first", "last", "names", "started")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.started: float | None = None
+        self.first: float | None = None
+        self.last = 0.0
+        self.names: dict[int, str] = {}
+
+
+# The recorder ------------------------------------------------------------------------------
+
+_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+_hooks_installed = False
+_hooks_lock = threading.Lock()
+
+
+def _install_process_hooks() -> None:
+    global _hooks_installed
+    with _hooks_lock:
+        if _hooks_installed:
+            return
+        _hooks_installed = True
+    atexit.register(_flush_all_at_exit)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_reset_all_after_fork)
+
+
+def _flush_all_at_exit() -> None:
+    for recorder in list(_recorders):
+        try:
+            recorder.stop()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            logger.debug("Mirror flush at exit failed.", exc_info=True)
+
+
+def _reset_all_after_fork() -> None:
+    for recorder in list(_recorders):
+        recorder._after_fork()
+
+
+class Recorder:
+    """Buffers mirror events in memory and writes them to the database in batches.
+
+    Parameters:
+      flush_interval: how often the flusher writes, in milliseconds.
+      retention: how long rows are kept, in milliseconds; ``None`` never prunes.
+      max_buffer: the most events kept in memory while the database is slow or down.
+      using: the database alias; the router's choice for the mirror models when ``None``.
+
+    ``record`` may be called from any thread; it only appends to a deque.
+    """
+
+    def __init__(
+        self,
+        *,
+        flush_interval: int = DEFAULT_FLUSH_INTERVAL,
+        retention: int | None = DEFAULT_RETENTION,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+        using: str | None = None,
+    ) -> None:
+        if not isinstance(flush_interval, int) or flush_interval <= 0:
+            raise ValueError(f"flush_interval must be a positive number of milliseconds, not {flush_interval!r}.")
+        if retention is not None and (not isinstance(retention, int) or retention <= 0):
+            raise ValueError(f"retention must be a positive number of milliseconds or None, not {retention!r}.")
+        self.flush_interval = flush_interval
+        self.retention = retention
+        self.max_buffer = max_buffer
+        self.using = using
+        self.broker: Broker | None = None
+        self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        self._events: deque[tuple[int, Message[Any], float, Any]] = deque(maxlen=max_buffer)
+        self._flush_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._known: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self._recheck: dict[str, _Touch] = {}
+        self._worker: dict[str, Any] | None = None
+        self._worker_dirty = False
+        self._last_heartbeat = 0.0
+        self._last_prune = time.monotonic()
+        self._in_flight = 0
+        self._processed = 0
+        self._failed = 0
+        self._warned_full = False
+        _recorders.add(self)
+        _install_process_hooks()
+
+    # Hot path -------------------------------------------------------------------
+
+    def record(self, broker: Broker, kind: int, message: Message[Any], extra: Any = None) -> None:
+        """Buffer one event. Cheap: no I/O, no formatting."""
+        self.broker = broker
+        self._events.append((kind, message, time.time(), extra))
+        if self._thread is None:
+            self.start()
+
+    # Lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the flusher thread (idempotent)."""
+        with self._state_lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stopping.clear()
+            thread = threading.Thread(target=self._run, name="django-actors-mirror", daemon=True)
+            self._thread = thread
+        thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Flush what is buffered and stop the flusher thread."""
+        with self._state_lock:
+            thread, self._thread = self._thread, None
+        self._stopping.set()
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        if self._events or self._worker_dirty:
+            try:
+                self.flush()
+            except Exception:
+                logger.warning("The admin mirror could not write its last events.", exc_info=True)
+            finally:
+                _close_connection(self._alias())
+
+    def wake(self) -> None:
+        """Ask the flusher to write now."""
+        self._wake.set()
+
+    def _after_fork(self) -> None:
+        # The child inherits the parent's buffer (the parent writes it) but not its thread.
+        self._events.clear()
+        self._thread = None
+        self._worker = None
+        self._flush_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def _run(self) -> None:
+        interval = self.flush_interval / 1000
+        failures = 0
+        try:
+            while not self._stopping.is_set():
+                self._wake.wait(interval)
+                self._wake.clear()
+                if self._stopping.is_set():
+                    break
+                try:
+                    self.flush()
+                    failures = 0
+                except Exception:
+                    failures += 1
+                    if failures == 1:
+                        logger.exception("The admin mirror could not write its events; it will try again.")
+                    else:
+                        logger.debug("The admin mirror still cannot write its events.", exc_info=True)
+        finally:
+            _close_connection(self._alias())
+
+    # Workers ---------------------------------------------------------------------
+
+    def worker_started(self, worker: Worker) -> None:
+        """Remember that this process runs a worker (it will write heartbeats)."""
+        queues = sorted(worker.queues) if worker.queues is not None else []
+        self._worker = {
+            "queues": ", ".join(queues) or "*",
+            "threads": worker.worker_threads,
+            "started": datetime.datetime.now(tz=datetime.UTC),
+            "stopped": None,
+        }
+        self._worker_dirty = True
+        self.start()
+        self.wake()
+
+    def worker_stopped(self) -> None:
+        """Write the final heartbeat of this process's worker, marked stopped."""
+        if self._worker is None:
+            return
+        self._worker["stopped"] = datetime.datetime.now(tz=datetime.UTC)
+        self._worker_dirty = True
+        try:
+            self.flush()
+        finally:
+            self._worker = None
+
+    # Flushing ----------------------------------------------------------------------
+
+    def _alias(self) -> str:
+        if self.using:
+            return self.using
+        from django.db import router
+
+        from .models.mirror import MessageRecord
+
+        return router.db_for_write(MessageRecord) or "default"
+
+    def _drain(self) -> list[tuple[int, Message[Any], float, Any]]:
+        events = []
+        pop = self._events.popleft
+        try:
+            for _ in range(len(self._events)):
+                events.append(pop())
+        except IndexError:
+            pass
+        return events
+
+    def flush(self) -> int:
+        """Write every buffered event now. Returns how many events were written.
+
+        Raises:
+          DatabaseError: the database refused the batch; the events stay
+            buffered for the next flush.
+        """
+        from django.apps import apps
+
+        if not apps.ready:
+            return 0
+        with self._flush_lock:
+            if len(self._events) >= self.max_buffer and not self._warned_full:
+                self._warned_full = True
+                logger.warning(
+                    "The admin mirror's buffer is full (%d events): older events were dropped. "
+                    "Is the database slow or down?",
+                    self.max_buffer,
+                )
+            events = self._drain()
+            heartbeat_due = self._worker is not None and (
+                self._worker_dirty or time.monotonic() - self._last_heartbeat >= HEARTBEAT_INTERVAL
+            )
+            if not events and not self._recheck and not heartbeat_due:
+                self._maybe_prune()
+                return 0
+            try:
+                self._write(events, heartbeat_due)
+            except Exception:
+                if len(events) + len(self._events) <= self.max_buffer:
+                    self._events.extendleft(reversed(events))
+                else:
+                    logger.error("The admin mirror dropped %d events it could not write.", len(events))
+                raise
+            self._warned_full = False
+            self._maybe_prune()
+            return len(events)
+
+    def _write(self, events: list[tuple[int, Message[Any], float, Any]], heartbeat_due: bool) -> None:
+        from django.db import close_old_connections, connections, transaction
+
+        from .composition import OPTION
+
+        worker = self.worker_name if self._worker is not None else ""
+        rows: dict[str, _Row] = {}
+        touched: dict[str, _Touch] = dict(self._recheck)
+        fresh: set[str] = set()
+        for kind, message, when, extra in events:
+            options = message.options
+            membership = options.get(OPTION)
+            row = rows.get(message.message_id)
+            if row is None:
+                row = rows[message.message_id] = _Row(message, membership if isinstance(membership, dict) else None)
+            attempt = options.get("retries", 0)
+            if kind == ENQUEUE:
+                extra = options.get("traceback")
+            row.apply(kind, when, extra, attempt if isinstance(attempt, int) else 0, worker if kind != ENQUEUE else "")
+            if kind == START:
+                self._in_flight += 1
+            elif kind in (SUCCESS, ERROR, SKIP):
+                self._in_flight = max(self._in_flight - 1, 0)
+                self._processed += kind == SUCCESS
+            elif kind == NACK:
+                self._failed += 1
+            if isinstance(membership, dict):
+                path = membership.get("path") or [membership.get("id")]
+                for composition_id in path:
+                    touch = touched.get(composition_id)
+                    if touch is None or composition_id not in fresh:
+                        touch = touched[composition_id] = _Touch()
+                        fresh.add(composition_id)
+                    touch.last = max(touch.last, when)
+                    created = message.message_timestamp / 1000
+                    touch.first = created if touch.first is None else min(touch.first, created)
+                    if kind != ENQUEUE:
+                        touch.active = True
+                        if kind == START:
+                            touch.started = when if touch.started is None else min(touch.started, when)
+                owner = touched.get(row.composition_id or "")
+                if owner is not None and row.position is not None:
+                    owner.names.setdefault(row.position, message.actor_name)
+        self._recheck = {}
+        alias = self._alias()
+        close_old_connections()
+        connection = connections[alias]
+        now = datetime.datetime.now(tz=datetime.UTC)
+        progress = self._read_progress(touched, fresh)
+        with transaction.atomic(using=alias):
+            if rows:
+                _upsert_messages(connection, list(rows.values()), now)
+            if progress:
+                self._upsert_compositions(connection, touched, progress, now)
+            if heartbeat_due and self._worker is not None:
+                self._write_heartbeat(connection, now)
+        if heartbeat_due:
+            self._last_heartbeat = time.monotonic()
+            self._worker_dirty = False
+
+    # Compositions ---------------------------------------------------------------------
+
+    def _backend(self) -> ResultBackend | None:
+        broker = self.broker
+        if broker is None or not broker.has_results_backend():
+            return None
+        return broker.get_results_backend()
+
+    def _read_progress(self, touched: dict[str, _Touch], fresh: set[str]) -> dict[str, dict[str, Any]]:
+        """Read end, cancel, meta records and counters for ``touched`` compositions:
+        two backend round trips (three when a new pipeline needs its step names)."""
+        if not touched:
+            return {}
+        backend = self._backend()
+        if backend is None:
+            return {}
+        from .composition import _key
+
+        ids = list(touched)
+        unknown = [cid for cid in ids if cid not in self._known]
+        keys = [_key(backend, cid, "end") for cid in ids]
+        keys += [_key(backend, cid, "cancel") for cid in ids]
+        keys += [_key(backend, cid, "meta") for cid in unknown]
+        try:
+            records = backend._get_many(keys)
+            counts = backend._count_members([_key(backend, cid, "done") for cid in ids])
+        except Exception:
+            logger.warning("The admin mirror could not read composition progress; retrying later.", exc_info=True)
+            self._recheck.update({cid: touched[cid] for cid in fresh})
+            return {}
+        count = len(ids)
+        ends, cancels, metas = records[:count], records[count : 2 * count], records[2 * count :]
+        meta_by_id = dict(zip(unknown, metas, strict=True))
+        steps = self._read_step_names(backend, meta_by_id)
+        progress: dict[str, dict[str, Any]] = {}
+        cancelled_ids = {cid for cid, flag in zip(ids, cancels, strict=True) if flag is not None}
+        for cid, end, done in zip(ids, ends, counts, strict=True):
+            static = self._known.get(cid)
+            if static is None:
+                meta = meta_by_id.get(cid)
+                if not isinstance(meta, dict):
+                    continue  # expired, or not a composition this backend knows
+                static = self._static_fields(cid, meta, touched[cid], steps.get(cid, {}))
+            progress[cid] = {"static": static, "end": end, "completed": int(done), "fresh": cid in fresh}
+        for cid, entry in progress.items():
+            parent = entry["static"][1]
+            flagged = cid in cancelled_ids
+            seen = {cid}
+            while not flagged and parent and parent not in seen:
+                seen.add(parent)
+                flagged = parent in cancelled_ids
+                parent_static = progress.get(parent, {}).get("static") or self._known.get(parent)
+                parent = parent_static[1] if parent_static else None
+            entry["cancelled"] = flagged
+        return progress
+
+    def _read_step_names(self, backend: ResultBackend, metas: dict[str, Any]) -> dict[str, dict[int, str]]:
+        from .composition import _key
+
+        wanted: list[tuple[str, int]] = []
+        for cid, meta in metas.items():
+            if isinstance(meta, dict) and meta.get("k") == "p":
+                wanted += [(cid, position) for position in range(1, min(int(meta.get("n", 0)), 20))]
+        if not wanted:
+            return {}
+        try:
+            specs = backend._get_many([_key(backend, cid, f"s:{position}") for cid, position in wanted])
+        except Exception:
+            return {}
+        names: dict[str, dict[int, str]] = {}
+        for (cid, position), spec in zip(wanted, specs, strict=True):
+            if isinstance(spec, dict):
+                names.setdefault(cid, {})[position] = _spec_name(spec)
+        return names
+
+    def _static_fields(self, cid: str, meta: dict[str, Any], touch: _Touch, steps: dict[int, str]) -> tuple[Any, ...]:
+        kind = "pipeline" if meta.get("k") == "p" else "group"
+        total = int(meta.get("n", 0))
+        up = meta.get("up")
+        parent, position = (str(up[0]), int(up[1])) if isinstance(up, list | tuple) and len(up) == 2 else (None, None)
+        path = meta.get("path") or [cid]
+        root = str(path[0])
+        names = {**steps, **touch.names}
+        if kind == "pipeline":
+            labels = [names.get(position, "\u2026") for position in range(min(total, 20))]
+            name = " \u2192 ".join(labels) + (" \u2192 \u2026" if total > 20 else "")
+        else:
+            name = ", ".join(dict.fromkeys(names[position] for position in sorted(names)))
+        created = _from_seconds(touch.first) if touch.first is not None else None
+        static = (kind, parent, root, position, total, truncate(name, 255), created)
+        self._known[cid] = static
+        while len(self._known) > KNOWN_COMPOSITIONS:
+            self._known.popitem(last=False)
+        return static
+
+    def _upsert_compositions(
+        self,
+        connection: BaseDatabaseWrapper,
+        touched: dict[str, _Touch],
+        progress: dict[str, dict[str, Any]],
+        now: datetime.datetime,
+    ) -> None:
+        from .models.mirror import COMPOSITION_RANK, Composition, MessageRecord
+
+        ids = list(progress)
+        tallies: dict[str, dict[str, int]] = {cid: {"failed": 0, "skipped": 0} for cid in ids}
+        for chunk in _chunks(ids, 500):
+            grouped = (
+                MessageRecord.objects.using(connection.alias)
+                .filter(composition_id__in=chunk, status__in=("failed", "skipped"))
+                .values_list("composition_id", "status")
+                .order_by()
+                .annotate(n=_count())
+            )
+            for cid, status, n in grouped:
+                tallies[cid]["failed" if status == "failed" else "skipped"] += n
+            nested = (
+                Composition.objects.using(connection.alias)
+                .filter(parent_id__in=chunk, status__in=("failed", "cancelled"))
+                .values_list("parent_id", "status")
+                .order_by()
+                .annotate(n=_count())
+            )
+            for cid, status, n in nested:
+                tallies[cid]["failed" if status == "failed" else "skipped"] += n
+        rows = []
+        for cid in ids:
+            entry = progress[cid]
+            kind, parent, root, position, total, name, created = entry["static"]
+            touch = touched[cid]
+            end = entry["end"]
+            completed = min(entry["completed"], total) if total else entry["completed"]
+            if entry["cancelled"] or (isinstance(end, dict) and end.get("e", {}).get("type") == "Cancelled"):
+                status = "cancelled"
+            elif isinstance(end, dict) and "e" in end:
+                status = "failed"
+            elif end is not None:
+                status = "succeeded"
+                completed = total
+            elif touch.active or completed:
+                status = "running"
+            else:
+                status = "pending"
+            final = status in ("failed", "cancelled", "succeeded")
+            finished = _from_seconds(touch.last) if final and touch.last else (now if final else None)
+            started = _from_seconds(touch.started) if touch.started is not None else None
+            if started is None and status != "pending":
+                started = _from_seconds(touch.last) if touch.last else now
+            rows.append(
+                (
+                    cid,
+                    kind,
+                    name,
+                    parent,
+                    root,
+                    position,
+                    total,
+                    completed,
+                    tallies[cid]["failed"],
+                    tallies[cid]["skipped"],
+                    status,
+                    COMPOSITION_RANK[status],
+                    created or now,
+                    started,
+                    finished,
+                    now,
+                )
+            )
+        _upsert_compositions(connection, rows)
+        # Read once more next time: a member's hooks may still have been
+        # updating the backend when this batch was read.
+        self._recheck.update({cid: touched[cid] for cid in ids if progress[cid]["fresh"] and not _final(progress[cid])})
+
+    def _write_heartbeat(self, connection: BaseDatabaseWrapper, now: datetime.datetime) -> None:
+        from .models.mirror import WorkerRecord
+
+        state = self._worker
+        assert state is not None
+        hostname, _, pid = self.worker_name.rpartition(":")
+        WorkerRecord.objects.using(connection.alias).update_or_create(
+            worker_id=self.worker_name,
+            defaults={
+                "hostname": hostname,
+                "pid": int(pid),
+                "queues": state["queues"],
+                "threads": state["threads"],
+                "in_flight": self._in_flight if state["stopped"] is None else 0,
+                "processed": self._processed,
+                "failed": self._failed,
+                "started": state["started"],
+                "heartbeat": now,
+                "stopped": state["stopped"],
+            },
+        )
+
+    # Pruning ---------------------------------------------------------------------------
+
+    def _maybe_prune(self) -> None:
+        if self.retention is None or time.monotonic() - self._last_prune < PRUNE_INTERVAL:
+            return
+        self._last_prune = time.monotonic()
+        try:
+            prune(datetime.timedelta(milliseconds=self.retention), using=self._alias())
+        except Exception:
+            logger.warning("The admin mirror could not prune old rows.", exc_info=True)
+
+
+def _final(entry: dict[str, Any]) -> bool:
+    return bool(entry["cancelled"] or entry["end"] is not None)
+
+
+def _spec_name(spec: dict[str, Any]) -> str:
+    if "m" in spec and isinstance(spec["m"], dict):
+        return str(spec["m"].get("actor_name", "?"))
+    return "pipeline" if "p" in spec else "group"
+
+
+def _count() -> Any:
+    from django.db.models import Count
+
+    return Count("*")
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _close_connection(alias: str) -> None:
+    try:
+        from django.db import connections
+
+        connections[alias].close()
+    except Exception:  # pragma: no cover - closing is best effort
+        logger.debug("Closing the mirror's connection failed.", exc_info=True)
+
+
+# SQL ------------------------------------------------------------------------------------
+
+_MESSAGE_COLUMNS = (
+    "message_id", "actor_name", "queue_name", "composition_id", "root_id", "position", "status", "rank",
+    "retries", "args_preview", "result_preview", "traceback", "enqueued_at", "eta", "started_at",
+    "finished_at", "worker", "updated",
+)  # fmt: skip
+_COMPOSITION_COLUMNS = (
+    "id", "kind", "name", "parent_id", "root_id", "position", "total", "completed", "failed", "cancelled",
+    "status", "status_rank", "created", "started", "finished", "updated",
+)  # fmt: skip
+
+_sql_cache: dict[tuple[str, str], str] = {}
+
+
+def supports_upsert(connection: BaseDatabaseWrapper) -> bool:
+    """Whether the database runs ``INSERT ... ON CONFLICT ... DO UPDATE ... WHERE``."""
+    if connection.vendor == "postgresql":
+        return True
+    if connection.vendor == "sqlite":
+        import sqlite3
+
+        return sqlite3.sqlite_version_info >= (3, 24, 0)
+    return False
+
+
+def _adapt(connection: BaseDatabaseWrapper, value: datetime.datetime | None) -> Any:
+    if value is None:
+        return None
+    from django.conf import settings
+    from django.utils import timezone
+
+    if not settings.USE_TZ:
+        value = timezone.make_naive(value)
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def _message_sql(connection: BaseDatabaseWrapper) -> str:
+    key = (connection.vendor, "messages")
+    if key in _sql_cache:
+        return _sql_cache[key]
+    from .models.mirror import MessageRecord
+
+    qn = connection.ops.quote_name
+    table = qn(MessageRecord._meta.db_table)
+
+    def new(column: str) -> str:
+        return f"excluded.{qn(column)}"
+
+    def old(column: str) -> str:
+        return f"{table}.{qn(column)}"
+
+    replaced = ("actor_name", "queue_name", "composition_id", "root_id", "position", "status", "rank", "retries",
+                "args_preview", "eta", "updated")  # fmt: skip
+    sets = [f"{qn(c)} = {new(c)}" for c in replaced]
+    sets += [
+        f"{qn(c)} = CASE WHEN {new(c)} <> '' THEN {new(c)} ELSE {old(c)} END"
+        for c in ("result_preview", "traceback", "worker")
+    ]
+    sets += [
+        f"{qn('enqueued_at')} = COALESCE({old('enqueued_at')}, {new('enqueued_at')})",
+        f"{qn('started_at')} = COALESCE({new('started_at')}, {old('started_at')})",
+        f"{qn('finished_at')} = CASE WHEN {new('started_at')} IS NOT NULL THEN {new('finished_at')} "
+        f"ELSE COALESCE({new('finished_at')}, {old('finished_at')}) END",
+    ]
+    sql = (
+        f"INSERT INTO {table} ({', '.join(qn(c) for c in _MESSAGE_COLUMNS)}) "
+        f"VALUES ({', '.join(['%s'] * len(_MESSAGE_COLUMNS))}) "
+        f"ON CONFLICT ({qn('message_id')}) DO UPDATE SET {', '.join(sets)} "
+        f"WHERE {old('rank')} < {new('rank')}"
+    )
+    _sql_cache[key] = sql
+    return sql
+
+
+def _upsert_messages(connection: BaseDatabaseWrapper, rows: list[_Row], now: datetime.datetime) -> None:
+    """Write message rows; a row only replaces a stored one of lower rank."""
+    updated = _adapt(connection, now)
+    params = [
+        (
+            row.message_id,
+            row.actor_name,
+            row.queue_name,
+            row.composition_id,
+            row.root_id,
+            row.position,
+            row.status,
+            row.rank,
+            row.retries,
+            row.args_preview,
+            row.result_preview,
+            row.traceback,
+            _adapt(connection, row.enqueued_at),
+            _adapt(connection, row.eta),
+            _adapt(connection, row.started_at),
+            _adapt(connection, row.finished_at),
+            row.worker,
+            updated,
+        )
+        for row in rows
+    ]
+    if supports_upsert(connection):
+        with connection.cursor() as cursor:
+            cursor.executemany(_message_sql(connection), params)
+        return
+    _upsert_messages_fallback(connection, params)
+
+
+def _upsert_messages_fallback(connection: BaseDatabaseWrapper, params: list[tuple[Any, ...]]) -> None:
+    """For databases without ``ON CONFLICT``: row by row, same guard."""
+    from django.db import IntegrityError, transaction
+
+    from .models.mirror import MessageRecord
+
+    manager = MessageRecord.objects.using(connection.alias)
+    for values in params:
+        fields = dict(zip(_MESSAGE_COLUMNS, values, strict=True))
+        message_id, rank = fields.pop("message_id"), fields["rank"]
+        for column in ("result_preview", "traceback", "worker"):
+            if not fields[column]:
+                del fields[column]
+        if fields["started_at"] is None:
+            del fields["started_at"]
+        del fields["enqueued_at"]
+        if manager.filter(message_id=message_id, rank__lt=rank).update(**fields):
+            continue
+        try:
+            with transaction.atomic(using=connection.alias):
+                manager.create(message_id=message_id, **dict(zip(_MESSAGE_COLUMNS[1:], values[1:], strict=True)))
+        except IntegrityError:
+            pass  # a row of a higher rank is there already
+
+
+def _composition_sql(connection: BaseDatabaseWrapper) -> str:
+    key = (connection.vendor, "compositions")
+    if key in _sql_cache:
+        return _sql_cache[key]
+    from .models.mirror import Composition
+
+    qn = connection.ops.quote_name
+    table = qn(Composition._meta.db_table)
+
+    def new(column: str) -> str:
+        return f"excluded.{qn(column)}"
+
+    def old(column: str) -> str:
+        return f"{table}.{qn(column)}"
+
+    def larger(column: str) -> str:
+        return f"{qn(column)} = CASE WHEN {new(column)} > {old(column)} THEN {new(column)} ELSE {old(column)} END"
+
+    forward = f"{new('status_rank')} >= {old('status_rank')}"
+    sets = [
+        larger("completed"),
+        larger("failed"),
+        larger("cancelled"),
+        f"{qn('status')} = CASE WHEN {forward} THEN {new('status')} ELSE {old('status')} END",
+        f"{qn('status_rank')} = CASE WHEN {forward} THEN {new('status_rank')} ELSE {old('status_rank')} END",
+        f"{qn('started')} = COALESCE({old('started')}, {new('started')})",
+        f"{qn('finished')} = CASE WHEN {forward} THEN COALESCE({old('finished')}, {new('finished')}) "
+        f"ELSE {old('finished')} END",
+        f"{qn('name')} = CASE WHEN {old('name')} = '' THEN {new('name')} ELSE {old('name')} END",
+        f"{qn('updated')} = {new('updated')}",
+    ]
+    sql = (
+        f"INSERT INTO {table} ({', '.join(qn(c) for c in _COMPOSITION_COLUMNS)}) "
+        f"VALUES ({', '.join(['%s'] * len(_COMPOSITION_COLUMNS))}) "
+        f"ON CONFLICT ({qn('id')}) DO UPDATE SET {', '.join(sets)}"
+    )
+    _sql_cache[key] = sql
+    return sql
+
+
+def _upsert_compositions(connection: BaseDatabaseWrapper, rows: list[tuple[Any, ...]]) -> None:
+    """Write composition rows; counters and states only move forward."""
+    datetime_columns = {_COMPOSITION_COLUMNS.index(c) for c in ("created", "started", "finished", "updated")}
+    params = [tuple(_adapt(connection, v) if i in datetime_columns else v for i, v in enumerate(row)) for row in rows]
+    if supports_upsert(connection):
+        with connection.cursor() as cursor:
+            cursor.executemany(_composition_sql(connection), params)
+        return
+
+    from .models.mirror import Composition
+
+    manager = Composition.objects.using(connection.alias)
+    for values in rows:
+        fields = dict(zip(_COMPOSITION_COLUMNS, values, strict=True))
+        obj, created = manager.get_or_create(id=fields["id"], defaults={k: v for k, v in fields.items() if k != "id"})
+        if created:
+            continue
+        changes: dict[str, Any] = {"updated": fields["updated"]}
+        for column in ("completed", "failed", "cancelled"):
+            if fields[column] > getattr(obj, column):
+                changes[column] = fields[column]
+        if fields["status_rank"] >= obj.status_rank:
+            changes.update(status=fields["status"], status_rank=fields["status_rank"])
+            if obj.finished is None:
+                changes["finished"] = fields["finished"]
+        if obj.started is None:
+            changes["started"] = fields["started"]
+        if not obj.name:
+            changes["name"] = fields["name"]
+        manager.filter(id=obj.id).update(**changes)
+
+
+# Pruning ---------------------------------------------------------------------------------
+
+
+def prune(older_than: datetime.timedelta, *, using: str | None = None) -> dict[str, int]:
+    """Delete mirror rows not updated for ``older_than``.
+
+    A composition tree goes as a whole, once none of its compositions has
+    changed for that long; standalone messages and stopped or lost workers go
+    by their own age.
+
+    Returns:
+      How many compositions, messages and workers were deleted.
+    """
+    from django.db import router
+    from django.db.models import Max
+    from django.utils import timezone
+
+    from .models.mirror import Composition, MessageRecord, WorkerRecord
+
+    alias = using or router.db_for_write(MessageRecord) or "default"
+    cutoff = timezone.now() - older_than
+    deleted = {"compositions": 0, "messages": 0, "workers": 0}
+    stale_roots = list(
+        Composition.objects.using(alias)
+        .values_list("root_id", flat=True)
+        .order_by()
+        .annotate(last=Max("updated"))
+        .filter(last__lt=cutoff)
+    )
+    for chunk in _chunks(stale_roots, 500):
+        deleted["messages"] += MessageRecord.objects.using(alias).filter(root_id__in=chunk).delete()[0]
+        deleted["compositions"] += Composition.objects.using(alias).filter(root_id__in=chunk).delete()[0]
+    deleted["messages"] += (
+        MessageRecord.objects.using(alias).filter(root_id__isnull=True, updated__lt=cutoff).delete()[0]
+    )
+    deleted["workers"] += WorkerRecord.objects.using(alias).filter(heartbeat__lt=cutoff).delete()[0]
+    return deleted
+
+
+# Admin operations -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RetryReport:
+    """What :func:`retry_messages` did."""
+
+    requeued: list[str] = dataclasses.field(default_factory=list)
+    missing: list[str] = dataclasses.field(default_factory=list)
+    reopened: list[str] = dataclasses.field(default_factory=list)
+
+
+def retry_messages(message_ids: Iterable[str], *, broker: Broker | None = None) -> RetryReport:
+    """Put failed (dead-lettered) messages back on their queues, and reopen
+    the compositions that failed because of them.
+
+    Each message is requeued unchanged by the broker (same id, arguments and
+    retry count), so it runs once more under its actor's retry policy. A
+    composition is reopened (its failure marks cleared in the results
+    backend, so the pipeline goes on and the group completes once the
+    messages succeed) when the failure it records is one of these messages'
+    and every failed message under it is being retried; otherwise it stays
+    failed and nobody waits on it forever.
+
+    Parameters:
+      message_ids: ids of mirrored messages; those not failed are ignored.
+      broker: the broker; the global one when ``None``.
+
+    Returns:
+      Which messages were requeued, which were no longer in the dead
+      letters, and which compositions were reopened.
+    """
+    from django.db import transaction
+
+    from .broker import get_broker
+    from .models.mirror import Composition, MessageRecord
+
+    broker = broker or get_broker()
+    records = list(MessageRecord.objects.filter(pk__in=list(message_ids), status="failed"))
+    report = RetryReport()
+    if not records:
+        return report
+    report.reopened = _reopen_compositions(broker, records)
+    for record in records:
+        reset_rank = record.retries * RANK_STRIDE
+        # The mirror first: the requeued message's events must find a lower rank.
+        with transaction.atomic():
+            moved = MessageRecord.objects.filter(pk=record.pk, rank=record.rank).update(
+                status="enqueued", rank=reset_rank, finished_at=None, updated=_now()
+            )
+        if not moved:
+            continue  # changed meanwhile: someone else retried it
+        try:
+            requeued = broker.requeue_dead_letters([record.pk])
+        except Exception:
+            requeued = -1
+            logger.exception("Could not requeue dead letter %s.", record.pk)
+        if requeued > 0:
+            report.requeued.append(record.pk)
+            continue
+        MessageRecord.objects.filter(pk=record.pk, rank=reset_rank).update(
+            status="failed", rank=record.rank, finished_at=record.finished_at
+        )
+        if requeued == 0:
+            report.missing.append(record.pk)
+        else:
+            raise RuntimeError(f"The broker could not requeue message {record.pk}; see the log.")
+    if report.reopened:
+        Composition.objects.filter(pk__in=report.reopened).update(
+            status="running", status_rank=1, finished=None, failed=0, updated=_now()
+        )
+    return report
+
+
+def _now() -> datetime.datetime:
+    from django.utils import timezone
+
+    return timezone.now()
+
+
+def _reopen_compositions(broker: Broker, records: list[Any]) -> list[str]:
+    """Clear the failure marks (in the results backend) of the compositions
+    that failed because of these messages, and only of them."""
+    from django.db.models import Q
+
+    from .composition import CANCELLED, _key
+    from .models.mirror import Composition, MessageRecord
+
+    if not broker.has_results_backend():
+        return []
+    retried = {record.pk for record in records}
+    roots = {record.root_id for record in records if record.root_id}
+    if not roots:
+        return []
+    backend = broker.get_results_backend()
+    compositions = {c.pk: c for c in Composition.objects.filter(root_id__in=roots)}
+    failed_by_composition: dict[str, set[str]] = {}
+    for pk, composition_id in MessageRecord.objects.filter(Q(root_id__in=roots) & Q(status="failed")).values_list(
+        "pk", "composition_id"
+    ):
+        failed_by_composition.setdefault(composition_id, set()).add(pk)
+
+    def failed_under(cid: str, depth: int = 0) -> set[str]:
+        found = set(failed_by_composition.get(cid, ()))
+        if depth < 50:
+            for child in compositions.values():
+                if child.parent_id == cid:
+                    found |= failed_under(child.pk, depth + 1)
+        return found
+
+    candidates: set[str] = set()
+    for record in records:
+        cid = record.composition_id
+        while cid and cid in compositions and cid not in candidates:
+            candidates.add(cid)
+            cid = compositions[cid].parent_id
+    ordered = sorted(candidates)
+    if not ordered:
+        return []
+    ends = backend._get_many([_key(backend, cid, "end") for cid in ordered])
+    reopened = []
+    for cid, end in zip(ordered, ends, strict=True):
+        error = end.get("e") if isinstance(end, dict) else None
+        if not error or error.get("type") == CANCELLED:
+            continue
+        # Only when its failure comes from messages, and all of them are retried.
+        under = failed_under(cid)
+        if under and under <= retried:
+            reopened.append(cid)
+    if reopened:
+        backend._delete_many(
+            [_key(backend, cid, suffix) for cid in reopened for suffix in ("end", "failed", "claim:fail", "did:fail")]
+        )
+    return reopened
+
+
+def cancel_composition(composition_id: str, *, broker: Broker | None = None) -> bool:
+    """Cancel a composition through the results backend and mark it, its
+    ancestors and the compositions nested in it cancelled in the mirror.
+
+    Returns:
+      ``False`` when it had already finished, failed or been cancelled.
+
+    Raises:
+      CompositionNotFound: the results backend no longer knows it.
+    """
+    from .broker import get_broker
+    from .composition import cancel
+    from .models.mirror import COMPOSITION_RANK, FINAL_COMPOSITION_STATES, Composition
+
+    broker = broker or get_broker()
+    done = cancel(composition_id, broker=broker)
+    composition = Composition.objects.filter(pk=composition_id).first()
+    if composition is None:
+        return done
+    tree = {c.pk: c for c in Composition.objects.filter(root_id=composition.root_id)}
+    affected = {composition_id}
+    parent = composition.parent_id
+    while parent and parent in tree and parent not in affected:
+        affected.add(parent)
+        parent = tree[parent].parent_id
+    pending = [composition_id]
+    while pending:
+        current = pending.pop()
+        for child in tree.values():
+            if child.parent_id == current and child.pk not in affected:
+                affected.add(child.pk)
+                pending.append(child.pk)
+    Composition.objects.filter(pk__in=affected).exclude(status__in=FINAL_COMPOSITION_STATES).update(
+        status="cancelled", status_rank=COMPOSITION_RANK["cancelled"], finished=_now(), updated=_now()
+    )
+    return done
