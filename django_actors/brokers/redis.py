@@ -365,8 +365,8 @@ for _, id in ipairs(ids) do
   local key = ns .. ':dead:' .. id
   local fields = redis.call('hmget', key, 'queue', 'data', 'member')
   local q = fields[1]
-  if ARGV[3] == 'queue' and not q then
-    redis.call('zrem', ns .. ':q:' .. ARGV[4] .. ':dead', id)  -- expired
+  if ARGV[3] == 'queue' then
+    redis.call('zrem', ns .. ':q:' .. ARGV[4] .. ':dead', id)  -- seen (or expired): never again
   end
   if q then
     redis.call('zrem', ns .. ':q:' .. q .. ':dead', id)
