@@ -257,10 +257,10 @@ def build_middleware(config: ActorsSettings | None = None) -> list[Middleware]:
 
     config = config or get_settings()
     middleware: list[Middleware] = []
-    listed = config.middleware
-    if config.mirror.enabled and listed == DEFAULT_MIDDLEWARE:
-        listed = (MIRROR_MIDDLEWARE, *listed)  # first: its after_* hooks run once the others are done
-    for item in listed:
+    items = config.middleware
+    if config.mirror.enabled and items == DEFAULT_MIDDLEWARE:
+        items = (MIRROR_MIDDLEWARE, *items)  # first: its after_* hooks run once the others are done
+    for item in items:
         path, kwargs = (item, {}) if isinstance(item, str) else item
         if path == MIRROR_MIDDLEWARE:
             if not config.mirror.enabled:

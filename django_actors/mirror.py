@@ -1013,71 +1013,84 @@ def prune(older_than: datetime.timedelta, *, using: str | None = None) -> dict[s
 
 @dataclasses.dataclass
 class RetryReport:
-    """What :func:`retry_messages` did."""
+    """What :func:`retry_messages` did, by message or composition id."""
 
     requeued: list[str] = dataclasses.field(default_factory=list)
+    #: No longer in the broker's dead letters (purged or expired): left as they were.
     missing: list[str] = dataclasses.field(default_factory=list)
+    #: The broker raised (logged); left as they were.
+    errors: list[str] = dataclasses.field(default_factory=list)
     reopened: list[str] = dataclasses.field(default_factory=list)
 
 
-def retry_messages(message_ids: Iterable[str], *, broker: Broker | None = None) -> RetryReport:
+def _mirror_alias(using: str | None) -> str:
+    if using:
+        return using
+    from django.db import router
+
+    from .models.mirror import MessageRecord
+
+    return router.db_for_write(MessageRecord) or "default"
+
+
+def retry_messages(
+    message_ids: Iterable[str], *, broker: Broker | None = None, using: str | None = None
+) -> RetryReport:
     """Put failed (dead-lettered) messages back on their queues, and reopen
     the compositions that failed because of them.
 
     Each message is requeued unchanged by the broker (same id, arguments and
     retry count), so it runs once more under its actor's retry policy. A
     composition is reopened (its failure marks cleared in the results
-    backend, so the pipeline goes on and the group completes once the
-    messages succeed) when the failure it records is one of these messages'
-    and every failed message under it is being retried; otherwise it stays
-    failed and nobody waits on it forever.
+    backend, so its pipeline goes on and its group completes, callbacks
+    included, once the messages succeed) when every failed message under it
+    is being retried; otherwise it stays failed, so nobody waits on it
+    forever.
 
     Parameters:
       message_ids: ids of mirrored messages; those not failed are ignored.
       broker: the broker; the global one when ``None``.
+      using: the mirror's database alias (the router's choice by default).
 
     Returns:
       Which messages were requeued, which were no longer in the dead
       letters, and which compositions were reopened.
     """
-    from django.db import transaction
-
     from .broker import get_broker
-    from .models.mirror import Composition, MessageRecord
+    from .models.mirror import COMPOSITION_RANK, Composition, MessageRecord
 
     broker = broker or get_broker()
-    records = list(MessageRecord.objects.filter(pk__in=list(message_ids), status="failed"))
+    alias = _mirror_alias(using)
+    messages = MessageRecord.objects.using(alias)
+    records = list(messages.filter(pk__in=list(message_ids), status="failed"))
     report = RetryReport()
     if not records:
         return report
-    report.reopened = _reopen_compositions(broker, records)
+    report.reopened = _reopen_compositions(broker, records, alias)
     for record in records:
+        # The mirror first, back to the start of the failed attempt: the
+        # requeued message's events must find a lower rank than theirs.
         reset_rank = record.retries * RANK_STRIDE
-        # The mirror first: the requeued message's events must find a lower rank.
-        with transaction.atomic():
-            moved = MessageRecord.objects.filter(pk=record.pk, rank=record.rank).update(
-                status="enqueued", rank=reset_rank, finished_at=None, updated=_now()
-            )
+        moved = messages.filter(pk=record.pk, rank=record.rank).update(
+            status="enqueued", rank=reset_rank, finished_at=None, updated=_now()
+        )
         if not moved:
-            continue  # changed meanwhile: someone else retried it
+            continue  # it changed meanwhile: someone else retried it
         try:
             requeued = broker.requeue_dead_letters([record.pk])
         except Exception:
-            requeued = -1
             logger.exception("Could not requeue dead letter %s.", record.pk)
+            requeued = -1
         if requeued > 0:
             report.requeued.append(record.pk)
             continue
-        MessageRecord.objects.filter(pk=record.pk, rank=reset_rank).update(
+        messages.filter(pk=record.pk, rank=reset_rank).update(
             status="failed", rank=record.rank, finished_at=record.finished_at
         )
-        if requeued == 0:
-            report.missing.append(record.pk)
-        else:
-            raise RuntimeError(f"The broker could not requeue message {record.pk}; see the log.")
+        (report.missing if requeued == 0 else report.errors).append(record.pk)
     if report.reopened:
-        Composition.objects.filter(pk__in=report.reopened).update(
-            status="running", status_rank=1, finished=None, failed=0, updated=_now()
+        Composition.objects.using(alias).filter(pk__in=report.reopened).update(
+            status="running", status_rank=COMPOSITION_RANK["running"], finished=None, failed=0, updated=_now()
         )
     return report
 
@@ -1088,65 +1101,48 @@ def _now() -> datetime.datetime:
     return timezone.now()
 
 
-def _reopen_compositions(broker: Broker, records: list[Any]) -> list[str]:
+def _reopen_compositions(broker: Broker, records: list[Any], alias: str) -> list[str]:
     """Clear the failure marks (in the results backend) of the compositions
     that failed because of these messages, and only of them."""
-    from django.db.models import Q
-
     from .composition import CANCELLED, _key
     from .models.mirror import Composition, MessageRecord
 
-    if not broker.has_results_backend():
+    roots = {record.root_id for record in records if record.root_id}
+    if not roots or not broker.has_results_backend():
         return []
     retried = {record.pk for record in records}
-    roots = {record.root_id for record in records if record.root_id}
-    if not roots:
+    parents = dict(Composition.objects.using(alias).filter(root_id__in=roots).values_list("pk", "parent_id"))
+    failed_under: dict[str, set[str]] = {}
+    failed = MessageRecord.objects.using(alias).filter(root_id__in=roots, status="failed")
+    for pk, composition_id in failed.values_list("pk", "composition_id"):
+        current: str | None = composition_id
+        seen: set[str] = set()
+        while current and current not in seen:  # every enclosing composition
+            seen.add(current)
+            failed_under.setdefault(current, set()).add(pk)
+            current = parents.get(current)
+    candidates = sorted({cid for cid, under in failed_under.items() if under & retried})
+    if not candidates:
         return []
     backend = broker.get_results_backend()
-    compositions = {c.pk: c for c in Composition.objects.filter(root_id__in=roots)}
-    failed_by_composition: dict[str, set[str]] = {}
-    for pk, composition_id in MessageRecord.objects.filter(Q(root_id__in=roots) & Q(status="failed")).values_list(
-        "pk", "composition_id"
-    ):
-        failed_by_composition.setdefault(composition_id, set()).add(pk)
-
-    def failed_under(cid: str, depth: int = 0) -> set[str]:
-        found = set(failed_by_composition.get(cid, ()))
-        if depth < 50:
-            for child in compositions.values():
-                if child.parent_id == cid:
-                    found |= failed_under(child.pk, depth + 1)
-        return found
-
-    candidates: set[str] = set()
-    for record in records:
-        cid = record.composition_id
-        while cid and cid in compositions and cid not in candidates:
-            candidates.add(cid)
-            cid = compositions[cid].parent_id
-    ordered = sorted(candidates)
-    if not ordered:
-        return []
-    ends = backend._get_many([_key(backend, cid, "end") for cid in ordered])
+    ends = backend._get_many([_key(backend, cid, "end") for cid in candidates])
     reopened = []
-    for cid, end in zip(ordered, ends, strict=True):
+    for cid, end in zip(candidates, ends, strict=True):
         error = end.get("e") if isinstance(end, dict) else None
-        if not error or error.get("type") == CANCELLED:
-            continue
-        # Only when its failure comes from messages, and all of them are retried.
-        under = failed_under(cid)
-        if under and under <= retried:
+        if error and error.get("type") != CANCELLED and failed_under[cid] <= retried:
             reopened.append(cid)
     if reopened:
-        backend._delete_many(
-            [_key(backend, cid, suffix) for cid in reopened for suffix in ("end", "failed", "claim:fail", "did:fail")]
-        )
+        marks = ("end", "failed", "claim:fail", "did:fail")
+        backend._delete_many([_key(backend, cid, mark) for cid in reopened for mark in marks])
     return reopened
 
 
-def cancel_composition(composition_id: str, *, broker: Broker | None = None) -> bool:
-    """Cancel a composition through the results backend and mark it, its
+def cancel_composition(composition_id: str, *, broker: Broker | None = None, using: str | None = None) -> bool:
+    """Cancel a composition through the results backend, and mark it, its
     ancestors and the compositions nested in it cancelled in the mirror.
+
+    Members not started yet are skipped when a worker gets to them; running
+    ones finish. See :func:`django_actors.composition.cancel`.
 
     Returns:
       ``False`` when it had already finished, failed or been cancelled.
@@ -1159,24 +1155,23 @@ def cancel_composition(composition_id: str, *, broker: Broker | None = None) -> 
     from .models.mirror import COMPOSITION_RANK, FINAL_COMPOSITION_STATES, Composition
 
     broker = broker or get_broker()
+    rows = Composition.objects.using(_mirror_alias(using))
     done = cancel(composition_id, broker=broker)
-    composition = Composition.objects.filter(pk=composition_id).first()
+    composition = rows.filter(pk=composition_id).first()
     if composition is None:
         return done
-    tree = {c.pk: c for c in Composition.objects.filter(root_id=composition.root_id)}
+    parents = dict(rows.filter(root_id=composition.root_id).values_list("pk", "parent_id"))
     affected = {composition_id}
+    grew = True
+    while grew:  # every composition nested in it
+        below = {pk for pk, up in parents.items() if up in affected and pk not in affected}
+        affected |= below
+        grew = bool(below)
     parent = composition.parent_id
-    while parent and parent in tree and parent not in affected:
+    while parent and parent in parents and parent not in affected:  # and every enclosing one
         affected.add(parent)
-        parent = tree[parent].parent_id
-    pending = [composition_id]
-    while pending:
-        current = pending.pop()
-        for child in tree.values():
-            if child.parent_id == current and child.pk not in affected:
-                affected.add(child.pk)
-                pending.append(child.pk)
-    Composition.objects.filter(pk__in=affected).exclude(status__in=FINAL_COMPOSITION_STATES).update(
+        parent = parents[parent]
+    rows.filter(pk__in=affected).exclude(status__in=FINAL_COMPOSITION_STATES).update(
         status="cancelled", status_rank=COMPOSITION_RANK["cancelled"], finished=_now(), updated=_now()
     )
     return done

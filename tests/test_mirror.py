@@ -81,11 +81,10 @@ def worker(broker: StubBroker) -> Iterator[Worker]:
 def drain(broker: Any, worker: Worker) -> None:
     """Wait until the queues are empty, then write what the mirror buffered."""
     deadline = time.monotonic() + 20
-    while True:
+    for _ in range(2):  # twice: a queue may get messages while another is joined
+        wait_for(lambda: set(worker.consumers) >= broker.get_declared_queues(), what="consumers for every queue")
         for queue_name in sorted(broker.get_declared_queues()):
             broker.join(queue_name, timeout=max(int((deadline - time.monotonic()) * 1000), 0))
-        if all(queue.empty for queue in broker.queues.values()):
-            break
     worker.join(timeout=20_000)
     recorder_of(broker).flush()
 
@@ -335,7 +334,9 @@ def test_retrying_a_failed_member_reopens_the_group_and_fires_its_callback_once(
     g.add_completion_callback(finished.message(), with_results=True)
     g.run()
     drain(broker, worker)
-    failed = wait_for(lambda: MessageRecord.objects.filter(composition_id=g.id, status="failed").first(), what="failure")
+    failed = wait_for(
+        lambda: MessageRecord.objects.filter(composition_id=g.id, status="failed").first(), what="failure"
+    )
     assert Composition.objects.get(pk=g.id).status == "failed"
     healed.set()
     report = retry_messages([failed.pk])
@@ -419,10 +420,24 @@ def test_prune_deletes_old_rows_and_keeps_trees_that_still_change(broker):
     Composition.objects.create(id="old-child", kind="group", root_id="old-root", parent_id="old-root", updated=old)
     Composition.objects.create(id="live-root", kind="pipeline", root_id="live-root", updated=old)
     Composition.objects.create(id="live-child", kind="group", root_id="live-root", parent_id="live-root", updated=now)
-    MessageRecord.objects.create(message_id="m-old-tree", actor_name="a", queue_name="q", status="succeeded",
-                                 composition_id="old-child", root_id="old-root", updated=now)
-    MessageRecord.objects.create(message_id="m-live-tree", actor_name="a", queue_name="q", status="succeeded",
-                                 composition_id="live-root", root_id="live-root", updated=old)
+    MessageRecord.objects.create(
+        message_id="m-old-tree",
+        actor_name="a",
+        queue_name="q",
+        status="succeeded",
+        composition_id="old-child",
+        root_id="old-root",
+        updated=now,
+    )
+    MessageRecord.objects.create(
+        message_id="m-live-tree",
+        actor_name="a",
+        queue_name="q",
+        status="succeeded",
+        composition_id="live-root",
+        root_id="live-root",
+        updated=old,
+    )
     MessageRecord.objects.create(message_id="m-old", actor_name="a", queue_name="q", status="failed", updated=old)
     MessageRecord.objects.create(message_id="m-new", actor_name="a", queue_name="q", status="failed", updated=now)
     WorkerRecord.objects.create(worker_id="h:1", hostname="h", pid=1, heartbeat=old)
@@ -440,7 +455,10 @@ def test_the_prune_mirror_command(broker):
     from django.core.management import call_command
 
     MessageRecord.objects.create(
-        message_id="ancient", actor_name="a", queue_name="q", status="succeeded",
+        message_id="ancient",
+        actor_name="a",
+        queue_name="q",
+        status="succeeded",
         updated=timezone.now() - datetime.timedelta(days=30),
     )
     MessageRecord.objects.create(message_id="recent", actor_name="a", queue_name="q", status="succeeded")
@@ -487,3 +505,102 @@ def test_the_mirror_is_on_by_default_first_in_the_middleware_and_off_with_one_se
     ):
         with pytest.raises(ImproperlyConfigured, match=message):
             parse_settings({**stub, "MIRROR": bad})
+
+
+# Real brokers and results backends ------------------------------------------------------------
+
+
+def _scenario(broker: Any, using: str = "default") -> None:
+    """A group with a failing member and a pipeline, then a retry from the mirror."""
+    healed = threading.Event()
+
+    @django_actors.actor(queue_name="mirror-real", max_retries=0, broker=broker)
+    def step(x):
+        if x == 3 and not healed.is_set():
+            raise ValueError("three")
+        return x + 1
+
+    g = group([step.message(i) for i in range(4)], broker=broker).run()
+    p = pipeline([step.message(10), step.message(), step.message()], broker=broker).run()
+    running = Worker(broker, worker_timeout=50, worker_threads=4)
+    running.start()
+    try:
+        assert p.get_result(block=True, timeout=20_000) == 13
+        drain(broker, running)
+        rows = Composition.objects.using(using)
+        wait_for(lambda: rows.filter(pk=g.id, status="failed", completed=3, failed=1).exists(), what="group failed")
+        wait_for(lambda: rows.filter(pk=p.id, status="succeeded", completed=3).exists(), what="pipeline done")
+        failed = MessageRecord.objects.using(using).get(composition_id=g.id, status="failed")
+        assert failed.position == 3 and "ValueError: three" in failed.traceback
+        healed.set()
+        report = retry_messages([failed.pk], broker=broker, using=using)
+        assert (report.requeued, report.reopened) == ([failed.pk], [g.id])
+        assert g.get_results(block=True, timeout=20_000) == [1, 2, 3, 4]
+        drain(broker, running)
+        wait_for(lambda: rows.filter(pk=g.id, status="succeeded", completed=4, failed=0).exists(), what="reopened")
+        assert MessageRecord.objects.using(using).get(pk=failed.pk).status == "succeeded"
+        assert MessageRecord.objects.using(using).filter(root_id=p.id, status="succeeded").count() == 3
+    finally:
+        running.stop()
+
+
+@pytest.mark.redis
+def test_the_mirror_follows_the_redis_broker_and_backend(redis_url):
+    from django_actors.brokers.redis import RedisBroker
+    from django_actors.results.backends.redis import RedisBackend
+
+    broker = make_broker(broker_cls=RedisBroker, backend=RedisBackend(url=redis_url), url=redis_url)
+    try:
+        _scenario(broker)
+    finally:
+        broker.emit_before("process_stop")
+        broker.close()
+
+
+def test_the_mirror_follows_the_database_broker_and_backend(db_alias):
+    from django_actors.brokers.database import DatabaseBroker
+    from django_actors.results.backends.database import DatabaseBackend
+
+    middleware = [
+        Mirror(flush_interval=50, using=db_alias),
+        *default_middleware(),
+        CurrentMessage(),
+        Results(backend=DatabaseBackend(using=db_alias, poll_interval=20), store_results=True),
+    ]
+    broker = DatabaseBroker(middleware=middleware, using=db_alias, poll_interval=20)
+    try:
+        _scenario(broker, using=db_alias)
+    finally:
+        broker.emit_before("process_stop")
+        broker.close()
+
+
+def test_states_only_move_forward_on_every_database(db_alias, broker):
+    message = Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={"retries": 2})
+    worker_side = Recorder(flush_interval=60_000, using=db_alias)
+    web_side = Recorder(flush_interval=60_000, using=db_alias)
+    worker_side.record(broker, START, message)
+    worker_side.record(broker, SUCCESS, message, "done")
+    worker_side.flush()
+    web_side.record(broker, ENQUEUE, message)
+    web_side.flush()
+    row = MessageRecord.objects.using(db_alias).get(pk=message.message_id)
+    assert (row.status, row.result_preview, row.retries) == ("succeeded", "'done'", 2)
+    assert row.started_at is not None and row.finished_at >= row.started_at
+    worker_side.stop()
+    web_side.stop()
+
+
+def test_cancelling_a_nested_group_cancels_its_ancestors_but_not_its_siblings(broker):
+    @django_actors.actor(queue_name="mirror-nested-cancel")
+    def slow(x):
+        return x
+
+    left = group([slow.message(1), slow.message(2)])
+    right = group([slow.message(3)])
+    outer = group([left, right]).run(delay=60_000)
+    recorder_of(broker).flush()
+    assert Composition.objects.filter(root_id=outer.id).count() == 3
+    assert cancel_composition(left.id) is True
+    statuses = dict(Composition.objects.values_list("pk", "status"))
+    assert statuses == {left.id: "cancelled", outer.id: "cancelled", right.id: "pending"}
