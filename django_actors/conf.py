@@ -35,6 +35,7 @@ DEFAULT_RESULTS = "django_actors.results.backends.database.DatabaseBackend"
 
 #: The middleware every broker built from settings gets when MIDDLEWARE is absent.
 DEFAULT_MIDDLEWARE: tuple[str, ...] = (
+    "django_actors.middleware.django_db.DbConnections",  # first: its after_* hooks run last
     "django_actors.middleware.AgeLimit",
     "django_actors.middleware.TimeLimit",
     "django_actors.middleware.ShutdownNotifications",
@@ -42,6 +43,7 @@ DEFAULT_MIDDLEWARE: tuple[str, ...] = (
     "django_actors.middleware.Pipelines",
     "django_actors.middleware.Retries",
     "django_actors.middleware.CurrentMessage",
+    "django_actors.middleware.signals.DjangoSignals",  # after the middleware that may skip a message
 )
 
 TOP_LEVEL_KEYS = frozenset(
