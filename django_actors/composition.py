@@ -657,18 +657,17 @@ def _once(backend: ResultBackend, composition_id: str, what: str, first: bool, t
     """Whether this delivery performs the action ``what`` of a composition.
 
     ``first`` tells whether this delivery recorded the event that triggers
-    the action (only one delivery can). Any other delivery waits for the
-    action's done mark; if it never comes the first delivery died, and the
-    claim lets one delivery (its redelivery, normally) finish the job.
+    the action (only one delivery can): it acts. Any other delivery waits for
+    the action's done mark; if it never comes the first delivery died, and a
+    claim lets one of the others (its redelivery, normally) finish the job.
     """
-    claim = _key(backend, composition_id, f"claim:{what}")
     if first:
-        return backend._claim(claim, token, ttl)
+        return True
     did = _key(backend, composition_id, f"did:{what}")
     if backend._get(did) is not None or backend.wait(did, timeout=RECOVERY_WAIT) is not None:
         return False
     logger.warning("Composition %s: taking over %r from a delivery that did not finish it.", composition_id, what)
-    return backend._claim(claim, token, ttl)
+    return backend._claim(_key(backend, composition_id, f"claim:{what}"), token, ttl)
 
 
 def _advance(broker: Broker, backend: ResultBackend, items: list[_Item], token: str) -> None:
@@ -702,9 +701,11 @@ def _advance_one(
     ttl: int,
     items: list[_Item],
 ) -> None:
-    keys = [_key(backend, cid, "meta"), _key(backend, cid, "end")]
+    # One round trip: the record, the end marker, the next step's spec (if
+    # this is a pipeline) and the cancel flags of every enclosing composition.
+    keys = [_key(backend, cid, "meta"), _key(backend, cid, "end"), _key(backend, cid, f"s:{position + 1}")]
     keys += [_key(backend, ancestor, "cancel") for ancestor in path]
-    meta, end, *flags = backend._get_many(keys)
+    meta, end, spec, *flags = backend._get_many(keys)
     if meta is None:
         logger.warning("Composition %s has no record (expired?); not advancing it.", cid)
         return
@@ -729,7 +730,6 @@ def _advance_one(
         if not _once(backend, cid, what, added, token, ttl):
             return
         if position + 1 < meta["n"]:
-            spec = backend._get(_key(backend, cid, f"s:{position + 1}"))
             messages: list[Message[Any]] = []
             empty: list[tuple[str, list[str]]] = []
             _collect(broker, spec, result, path, messages, empty)

@@ -1,14 +1,13 @@
 """Tests for django_actors.composition: pipelines and groups (issue 3).
 
-Every test runs on the ``composition_broker`` fixture: the stub broker with
-the stub results backend, plus Redis once its broker and results backend are
-available (see ``BROKERS``). Workers are real threads; waits poll a condition
-with a bounded timeout.
+Every test that takes the ``composition_broker`` fixture runs twice: on the
+stub broker with the stub results backend, and on the Redis broker with the
+Redis results backend against the suite's real redis-server (``BROKERS``).
+Workers are real threads; waits poll a condition with a bounded timeout.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,16 +25,8 @@ from django_actors.middleware import CurrentMessage, Middleware
 from django_actors.results import CompositionCancelled, ResultFailure, ResultMissing, Results, ResultTimeout
 from django_actors.worker import Worker
 
-
-def _redis_available() -> bool:
-    return all(
-        importlib.util.find_spec(name) is not None
-        for name in ("django_actors.brokers.redis", "django_actors.results.backends.redis")
-    )
-
-
-#: The brokers every composition test runs on.
-BROKERS = ["stub", *(["redis"] if _redis_available() else [])]
+#: The brokers every composition test runs on (each with its own results backend).
+BROKERS = ["stub", pytest.param("redis", marks=pytest.mark.redis)]
 
 
 # Fixtures and helpers ------------------------------------------------------------------
@@ -135,6 +126,12 @@ def gates(start_worker: Callable[..., Worker]) -> Iterator[Gates]:
     found = Gates()
     yield found
     found.open_all()
+
+
+def size_for(broker: Broker, full: int, networked: int) -> int:
+    """The full size on the in-memory stub broker; a smaller one where every
+    step costs network round trips (the property under test is the same)."""
+    return full if isinstance(broker, StubBroker) else networked
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:
@@ -533,6 +530,55 @@ def test_completion_callbacks_fire_exactly_once_despite_duplicate_deliveries(
     assert g.completed_count == 5
 
 
+def _meet_in_add_member(monkeypatch: pytest.MonkeyPatch, backend: Any, composition_id: str) -> threading.Barrier:
+    """Make the two deliveries of member 0 of a composition both finish
+    recording it in the completion set before either goes on."""
+    barrier = threading.Barrier(2, timeout=10)
+    original = backend._add_member
+
+    def add_member(set_key: str, member: int, ttl: int, records: Any = None) -> Any:
+        outcome = original(set_key, member, ttl, records)
+        if composition_id in set_key and set_key.endswith(":done") and member == 0:
+            barrier.wait()
+        return outcome
+
+    monkeypatch.setattr(backend, "_add_member", add_member)
+    return barrier
+
+
+def test_concurrent_duplicate_deliveries_act_once(composition_broker, recorder, start_worker, monkeypatch):
+    log = CallLog()
+
+    @django_actors.actor
+    def member(i):
+        return i
+
+    @django_actors.actor
+    def on_done(tag):
+        log.add(tag)
+
+    backend = composition_broker.get_results_backend()
+    g = group([member.message(1)])
+    g.add_completion_callback(on_done.message("group"))
+    barrier = _meet_in_add_member(monkeypatch, backend, g.id)
+    g.run()
+    composition_broker.enqueue(recorder.of("member")[0])  # the duplicate, queued with the original
+    worker = start_worker()
+    g.wait(timeout=10_000)
+    worker.join(timeout=10_000)
+    assert not barrier.broken
+    assert log.snapshot() == ["group"], "both deliveries completed the group; the callback fired once"
+
+    p = member.message(2) | on_done.message()
+    barrier = _meet_in_add_member(monkeypatch, backend, p.id)
+    p.run()
+    composition_broker.enqueue(recorder.of("member")[-1])
+    assert p.get_result(block=True, timeout=10_000) is None
+    worker.join(timeout=10_000)
+    assert not barrier.broken
+    assert log.snapshot() == ["group", 2], "the next step was sent once"
+
+
 def test_a_failed_member_fails_the_group_promptly(composition_broker, start_worker, gates):
     completed = CallLog()
     failures = CallLog()
@@ -716,11 +762,13 @@ def test_a_next_step_over_the_size_limit_fails_the_pipeline(composition_broker, 
 
 
 def test_completed_count_reads_one_counter_for_10000_members(composition_broker, start_worker, monkeypatch):
+    """10,000 members on the stub broker (2,000 on Redis), the backend's calls counted."""
     @django_actors.actor
     def member(i):
         return i
 
-    g = group([member.message(i) for i in range(10_000)])
+    size = size_for(composition_broker, 10_000, 2_000)
+    g = group([member.message(i) for i in range(size)])
     g.run()
     backend = composition_broker.get_results_backend()
     calls = count_calls(monkeypatch, backend, "_get_many", "_count_members")
@@ -733,12 +781,12 @@ def test_completed_count_reads_one_counter_for_10000_members(composition_broker,
     start_worker(threads=8)
     g.wait(timeout=60_000)
     calls = count_calls(monkeypatch, backend, "_get_many", "_count_members")
-    assert g.completed_count == 10_000
+    assert g.completed_count == size
     assert g.completed
     assert len(calls["_count_members"]) == 2, "one round trip per read, not one per member"
     assert calls["_get_many"] == []
     state = composition.progress(g.id)
-    assert state["total"] == state["completed"] == 10_000
+    assert state["total"] == state["completed"] == size
     assert state["status"] == "completed"
     assert len(calls["_count_members"]) == 3
     assert len(calls["_get_many"]) == 1
@@ -906,19 +954,21 @@ def test_step_messages_do_not_grow_with_the_pipeline(composition_broker, recorde
 
 
 def test_a_pipeline_of_5000_steps_runs_to_the_end(composition_broker, recorder, start_worker):
+    """5,000 steps on the stub broker (1,200 on Redis): no recursion limit anywhere."""
     @django_actors.actor
     def inc(x=0):
         return x + 1
 
-    p = pipeline([inc.message() for _ in range(5_000)])
-    assert len(p) == 5_000
+    size = size_for(composition_broker, 5_000, 1_200)
+    p = pipeline([inc.message() for _ in range(size)])
+    assert len(p) == size
     p.run()
     start_worker()
-    assert p.get_result(block=True, timeout=60_000) == 5_000
-    assert p.get_results() == list(range(1, 5_001))
-    assert p.completed_count == 5_000
+    assert p.get_result(block=True, timeout=60_000) == size
+    assert p.get_results() == list(range(1, size + 1))
+    assert p.completed_count == size
     sizes = [len(m.encode()) for m in recorder.of("inc")]
-    assert len(sizes) == 5_000
+    assert len(sizes) == size
     assert max(sizes) - min(sizes) <= 8, "a step carries its own input, never the rest of the chain"
 
 
