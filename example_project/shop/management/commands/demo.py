@@ -58,7 +58,10 @@ class Command(BaseCommand):
     def run_job(self, options: dict[str, Any]) -> None:
         order = Order.objects.create(
             email="ada@example.com",
-            items=[{"sku": "book", "quantity": 2, "unit_cents": 1250}, {"sku": "pen", "quantity": 3, "unit_cents": 199}],
+            items=[
+                {"sku": "book", "quantity": 2, "unit_cents": 1250},
+                {"sku": "pen", "quantity": 3, "unit_cents": 199},
+            ],
         )
         fulfilment: pipeline = fulfil(order.pk)
         receipt_thumbnails: group = thumbnails(order.pk)
