@@ -100,6 +100,7 @@ class RedisConnection:
         self.options = options
         self._given_client = client
         self._lock = threading.Lock()
+        self._lock_pid = os.getpid()
         self._client: redis.Redis | None = None
         self._pid = 0
         #: Whether the client was built here (and may be closed here).
@@ -140,6 +141,8 @@ class RedisConnection:
         client = self._client
         if client is not None and self._pid == pid:
             return client
+        if self._lock_pid != pid:  # a forked child: the parent's lock may have been held at the fork
+            self._lock, self._lock_pid = threading.Lock(), pid
         with self._lock:
             if self._client is None or self._pid != pid:
                 self._client = self._build()

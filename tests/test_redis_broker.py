@@ -138,10 +138,28 @@ def test_fetch_respects_count(broker):
         pass
 
     broker.enqueue_many([many.message(n) for n in range(10)])
-    consumer = broker.consume("default", prefetch=4, timeout=100)
+    consumer = broker.consume("default", prefetch=10, timeout=100)
     assert [p.args[0] for p in consumer.fetch(3)] == [0, 1, 2]
     assert [p.args[0] for p in consumer.fetch(4)] == [3, 4, 5, 6]
     assert broker.stats("default").in_flight == 7
+
+
+def test_a_consumer_holds_at_most_prefetch_messages(broker):
+    @actor(broker=broker, actor_name="many")
+    def many(n):
+        pass
+
+    broker.enqueue_many([many.message(n) for n in range(10)])
+    consumer = broker.consume("default", prefetch=3, timeout=1000)
+    first = consumer.fetch(10)
+    assert [p.args[0] for p in first] == [0, 1, 2]
+    start = time.monotonic()
+    assert consumer.fetch(10) == []  # full: returns at once, without waiting
+    assert time.monotonic() - start < 0.5
+    consumer.ack(first[0])
+    consumer.requeue(first[1:2])
+    assert [p.args[0] for p in consumer.fetch(10)] == [1, 3]
+    assert broker.stats("default").in_flight == 3
 
 
 def test_enqueue_many_uses_one_round_trip_per_thousand(broker):

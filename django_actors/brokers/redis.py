@@ -702,8 +702,8 @@ class RedisBroker(Broker):
     def workers(self) -> dict[str, int]:
         """The registered worker processes and their last heartbeat (epoch ms)."""
         with translate_errors("listing workers"):
-            entries = self.client.zrange(self._key("workers"), 0, -1, withscores=True)
-        return {(w.decode() if isinstance(w, bytes) else str(w)): int(s) for w, s in entries}
+            entries: list[Any] = list(self.client.zrange(self._key("workers"), 0, -1, withscores=True))
+        return {_text(worker): int(score) for worker, score in entries}
 
     def join(self, queue_name: str, *, timeout: int | None = None) -> None:
         """Wait until ``queue_name`` has no ready, delayed or unacked message.
@@ -908,6 +908,10 @@ class RedisConsumer(Consumer):
                 self._resync()
             with self._lock:
                 acks, self._acks = self._acks, []
+                # Never hold more than ``prefetch`` unacked messages.
+                room = min(count, self.prefetch - len(self._held.difference(acks)))
+            if room <= 0 and not acks:
+                return []
             try:
                 with translate_errors(f"fetching from {self.queue_name!r}"):
                     reply = broker.scripts.fetch(
@@ -921,7 +925,7 @@ class RedisConsumer(Consumer):
                             broker._key("seq"),
                             broker._key("queues"),
                         ],
-                        args=[self._worker_id, current_millis(), count, self.queue_name, *acks],
+                        args=[self._worker_id, current_millis(), max(room, 0), self.queue_name, *acks],
                     )
             except BaseException:
                 with self._lock:
@@ -938,7 +942,7 @@ class RedisConsumer(Consumer):
                 logger.warning("Adopted values pushed onto the key of queue %r as messages.", self.queue_name)
             elif foreign == 2:
                 logger.error("The key of queue %r held a foreign value; it was renamed aside.", self.queue_name)
-            if members:
+            if members or room <= 0:
                 return [self._proxy(m, p) for m, p in zip(members, payloads, strict=True)]
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -163,7 +163,7 @@ class RedisBackend(ResultBackend):
     def _encode(self, value: Any) -> bytes:
         return self.encoder.encode({"v": value})
 
-    def _decode(self, data: bytes | None) -> Any:
+    def _decode(self, data: Any) -> Any:
         if data is None:
             return None
         return self.encoder.decode(data)["v"]
