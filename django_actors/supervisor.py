@@ -103,14 +103,18 @@ def mask_url(url: str) -> str:
         userinfo, _, host = netloc.rpartition("@")
         user, has_password, _ = userinfo.partition(":")
         netloc = f"{user}:***@{host}" if has_password else f"{userinfo}@{host}"
-    query = parts.query
-    if query:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        query = "&".join(
-            f"{key}=***" if key.lower() in {"password", "pass", "pwd"} else f"{key}={value}"
-            for key, value in pairs
-        )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    pairs = []
+    for pair in parts.query.split("&") if parts.query else []:
+        key, has_value, _ = pair.partition("=")
+        secret = urllib.parse.unquote_plus(key).lower() in {"password", "pass", "pwd"}
+        pairs.append(f"{key}=***" if secret and has_value else pair)
+    separator = "://" if url.startswith(f"{parts.scheme}://") else ":"
+    masked = f"{parts.scheme}{separator}{netloc}{parts.path}" if parts.scheme else f"{netloc}{parts.path}"
+    if pairs:
+        masked += "?" + "&".join(pairs)
+    if parts.fragment:
+        masked += "#" + parts.fragment
+    return masked
 
 
 def describe_backend(backend: str, options: Mapping[str, Any]) -> str:
