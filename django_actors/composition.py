@@ -403,7 +403,14 @@ class pipeline(_Composition):  # noqa: N801 - dramatiq's name
             target = step.copy(options=options).asdict()
         assert target is not None
         first = Message.from_dict(target)
-        _check_encodable(broker, [first])
+        try:
+            _check_encodable(broker, [first])
+        except RecursionError:
+            raise ValueError(
+                f"A pipeline of {len(self)} steps nests too deeply to encode without a results backend "
+                "(each step carries the rest in 'pipe_target'): add the Results middleware, "
+                "which keeps every message small."
+            ) from None
         broker.enqueue(first, delay=delay)
 
     def __repr__(self) -> str:
@@ -557,8 +564,9 @@ class _Plan:
 
     def child(self, child: Message[Any] | pipeline | group, up: list[Any], path: list[str]) -> dict[str, Any]:
         if isinstance(child, Message):
-            options = {**child.options, OPTION: {"id": up[0], "pos": up[1], "path": path}}
-            return {"m": child.copy(options=options).asdict()}
+            data = child.asdict()
+            data["options"] = {**child.options, OPTION: {"id": up[0], "pos": up[1], "path": path}}
+            return {"m": data}
         return self.add(child, up, path)
 
 

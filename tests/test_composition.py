@@ -430,6 +430,10 @@ def test_without_a_results_backend_pipelines_nest_pipe_target_like_dramatiq():
         with_callback.run()
     with pytest.raises(NoResultsBackend, match="results backend"):
         pipeline([add.message(1, 1), group([add.message(1, 2)])], broker=broker).run()
+    sent = len(recorder.messages)
+    with pytest.raises(ValueError, match=r"nests too deeply.*Results middleware"):
+        pipeline([add.message(1, 1) for _ in range(2_000)], broker=broker).run()
+    assert len(recorder.messages) == sent
 
 
 OPTION_NAME = composition.OPTION
