@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The project's test command: ./scripts/test.sh [pytest args...]
 #
-# 1. Makes sure redis-server and the PostgreSQL server binaries are installed
-#    (Debian packages; installed with apt-get when missing). No service is
-#    started here: the test suite starts its own servers on free ports.
+# 1. Makes sure redis-server, the PostgreSQL server binaries and Chromium are
+#    installed (Debian packages; installed with apt-get when missing). No
+#    service is started here: the test suite starts its own servers on free
+#    ports, and drives Chromium through Playwright (never `playwright install`).
 # 2. Creates or reuses a virtualenv in .venv and installs '.[test]' into it
 #    (skipped when setup.cfg and pyproject.toml are unchanged).
 # 3. Runs ruff, mypy and pytest. Every step runs; the script exits non-zero
@@ -63,6 +64,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
     command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after installing it."
 fi
 redis-server --version
+
+step "Checking for Chromium (the admin's browser tests drive it with Playwright)"
+if [ ! -x /usr/bin/chromium ]; then
+    apt_install chromium
+    [ -x /usr/bin/chromium ] || die "/usr/bin/chromium still missing after installing chromium."
+fi
+/usr/bin/chromium --version 2>/dev/null || true
 
 step "Checking for PostgreSQL server binaries (pg_ctl)"
 if ! PG_BINDIR="$(find_pg_bindir)"; then

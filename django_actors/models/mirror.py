@@ -150,6 +150,14 @@ class Composition(models.Model):
         return self.status in FINAL_COMPOSITION_STATES
 
     @property
+    def is_live(self) -> bool:
+        """Whether its progress may still change: not finished, or a failed
+        group with members still running (they go on after the first failure)."""
+        if self.status == CompositionStatus.FAILED and self.kind == CompositionKind.GROUP:
+            return self.completed + self.failed + self.cancelled < self.total
+        return not self.is_final
+
+    @property
     def duration(self) -> datetime.timedelta | None:
         """From the first start to the end (or to now while running)."""
         if self.started is None:
