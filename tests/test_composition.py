@@ -19,7 +19,7 @@ import django_actors
 from django_actors import composition, group, pipeline
 from django_actors.broker import Broker, NoResultsBackend, default_middleware, set_broker
 from django_actors.brokers.stub import StubBroker
-from django_actors.errors import MessageTooLarge, Retry
+from django_actors.errors import ConnectionClosed, MessageTooLarge, Retry
 from django_actors.message import Message
 from django_actors.middleware import CurrentMessage, Middleware
 from django_actors.results import CompositionCancelled, ResultFailure, ResultMissing, Results, ResultTimeout
@@ -581,6 +581,62 @@ def test_concurrent_duplicate_deliveries_act_once(composition_broker, recorder, 
     worker.join(timeout=10_000)
     assert not barrier.broken
     assert log.snapshot() == ["group", 2], "the next step was sent once"
+
+
+def test_a_redelivery_finishes_what_a_broken_delivery_left_undone(
+    composition_broker, recorder, start_worker, monkeypatch
+):
+    log = CallLog()
+
+    @django_actors.actor
+    def member(i):
+        return i
+
+    @django_actors.actor
+    def on_done(tag):
+        log.add(tag)
+
+    # The broker connection drops exactly when the completion callback and
+    # the next pipeline step are sent: the delivery that finished the group
+    # (or the first step) dies mid-way, and its message was acked already.
+    failures = {"callback": 1, "step 2": 1}
+    original = composition_broker.enqueue_many
+
+    def flaky_enqueue_many(messages: Any, **kwargs: Any) -> Any:
+        messages = list(messages)
+        membership = messages[0].options.get(OPTION_NAME) if messages else None
+        if messages and messages[0].actor_name == "on_done":
+            what = "callback"
+        else:
+            what = "step 2" if membership and membership["pos"] == 1 else ""
+        if failures.get(what):
+            failures[what] -= 1
+            raise ConnectionClosed("connection lost while sending")
+        return original(messages, **kwargs)
+
+    monkeypatch.setattr(composition_broker, "enqueue_many", flaky_enqueue_many)
+    monkeypatch.setattr(composition, "RECOVERY_WAIT", 300)
+    g = group([member.message(1)])
+    g.add_completion_callback(on_done.message("group"))
+    g.run()
+    p = (member.message(2) | member.message()).run()
+    worker = start_worker()
+    wait_until(lambda: g.completed_count == 1 and p.completed_count == 1, what="the first deliveries")
+    worker.join(timeout=10_000)
+    assert failures == {"callback": 0, "step 2": 0}
+    assert log.snapshot() == []
+    with pytest.raises(ResultMissing):
+        g.get_results()
+    with pytest.raises(ResultMissing):
+        p.get_result()
+
+    # At-least-once: the same messages are delivered again.
+    for message in (recorder.of("member")[0], recorder.of("member")[1]):
+        composition_broker.enqueue(message)
+    assert g.get_results(block=True, timeout=10_000) == [1]
+    assert p.get_results(block=True, timeout=10_000) == [2, 2]
+    worker.join(timeout=10_000)
+    assert log.snapshot() == ["group"]
 
 
 def test_a_failed_member_fails_the_group_promptly(composition_broker, start_worker, gates):
