@@ -224,22 +224,22 @@ def main(argv: list[str] | None = None) -> int:
     server = None if options.url else _Server()
     url = options.url or server.url  # type: ignore[union-attr]
     try:
-        rows: dict[str, dict[str, float]] = {}
-        for impl in SUBJECTS:
-            runs = [measure_enqueue(impl, url, options.enqueue) for _ in range(options.repeat)]
-            rows.setdefault(f"send() loop, {options.enqueue:,} msgs", {})[impl] = statistics.median(
-                r["send"] for r in runs
-            )
-            rows.setdefault(f"batch (enqueue_many / dramatiq group.run()), {options.enqueue:,}", {})[impl] = (
-                statistics.median(r["batch"] for r in runs)
-            )
-            rows.setdefault(f"group.run(), {options.enqueue:,} msgs", {})[impl] = statistics.median(
-                r["group"] for r in runs
-            )
-            drains = [measure_drain(impl, url, options.drain, options.threads) for _ in range(options.repeat)]
-            rows.setdefault(f"drain {options.drain:,} no-op, 1 worker x {options.threads} threads", {})[impl] = (
-                statistics.median(drains)
-            )
+        # The libraries take turns in every round, so a change in machine load
+        # affects both alike.
+        samples: dict[str, dict[str, list[float]]] = {}
+        names = {
+            "send": f"send() loop, {options.enqueue:,} msgs",
+            "batch": f"batch (enqueue_many / dramatiq group.run()), {options.enqueue:,}",
+            "group": f"group.run(), {options.enqueue:,} msgs",
+            "drain": f"drain {options.drain:,} no-op, 1 worker x {options.threads} threads",
+        }
+        for _ in range(options.repeat):
+            for impl in SUBJECTS:
+                figures = measure_enqueue(impl, url, options.enqueue)
+                figures["drain"] = measure_drain(impl, url, options.drain, options.threads)
+                for key, value in figures.items():
+                    samples.setdefault(names[key], {}).setdefault(impl, []).append(value)
+        rows = {name: {impl: statistics.median(v) for impl, v in by_impl.items()} for name, by_impl in samples.items()}
         info = redis.Redis.from_url(url).info("server")
         print(f"redis-server {info['redis_version']}, Python {sys.version.split()[0]}, "
               f"median of {options.repeat} run(s), rates in messages/second\n")  # fmt: skip

@@ -869,7 +869,8 @@ class RedisConsumer(Consumer):
         self.queue_name = queue_name
         self.prefetch = max(int(prefetch), 1)
         self.timeout = timeout
-        self._lock = threading.Lock()
+        #: Guards the buffers below; notified when the held set shrinks.
+        self._lock = threading.Condition(threading.Lock())
         self._held: set[str] = set()
         self._acks: list[str] = []
         self._nacks: list[tuple[str, str, str]] = []
@@ -910,8 +911,13 @@ class RedisConsumer(Consumer):
                 acks, self._acks = self._acks, []
                 # Never hold more than ``prefetch`` unacked messages.
                 room = min(count, self.prefetch - len(self._held.difference(acks)))
-            if room <= 0 and not acks:
-                return []
+                if room <= 0 and not acks:
+                    # Full until a batch of acks in flight lands: wait for it.
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return []
+                    self._lock.wait(min(remaining, 0.1))
+                    continue
             try:
                 with translate_errors(f"fetching from {self.queue_name!r}"):
                     reply = broker.scripts.fetch(
@@ -1045,12 +1051,14 @@ class RedisConsumer(Consumer):
                 broker.scripts.nack(keys=[self._ack_key, self._msgs, self._dead_key], args=args)
             with self._lock:
                 self._held.difference_update(tag for tag, _, _ in nacks)
+                self._lock.notify_all()
             nacks.clear()
         if acks:
             with translate_errors("acking"):
                 broker.scripts.ack(keys=[self._ack_key, self._msgs], args=acks)
             with self._lock:
                 self._held.difference_update(acks)
+                self._lock.notify_all()
             acks.clear()
 
     def _keep(self, acks: list[str], nacks: list[tuple[str, str, str]], exc: BaseException) -> None:
@@ -1071,6 +1079,7 @@ class RedisConsumer(Consumer):
             self.broker.scripts.requeue(keys=[self._ack_key, self._ready, self._notify], args=members)
         with self._lock:
             self._held.difference_update(members)
+            self._lock.notify_all()
 
     @property
     def pending_settlements(self) -> int:
