@@ -11,7 +11,10 @@ database. Run it with::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import django
 
 BASE_DIR = Path(__file__).resolve().parent
 
@@ -62,12 +65,18 @@ TEMPLATES = [
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": BASE_DIR / "db.sqlite3",
+        # DJANGO_ACTORS_EXAMPLE_DB puts the database elsewhere (the tests do).
+        "NAME": os.environ.get("DJANGO_ACTORS_EXAMPLE_DB") or BASE_DIR / "db.sqlite3",
         # Workers and the web process share the file: wait for locks instead
         # of failing at once.
         "OPTIONS": {"timeout": 20},
     }
 }
+if django.VERSION >= (5, 1):
+    # Take the write lock when a transaction starts: a transaction that reads
+    # and then writes can otherwise fail at once with "database is locked"
+    # when another process wrote meanwhile.
+    DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
