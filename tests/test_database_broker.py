@@ -673,3 +673,75 @@ def test_prune_actors_rejects_bad_arguments() -> None:
         call_command("prune_actors", "--older-than", "-5")
     with pytest.raises(CommandError, match="Unknown database alias"):
         call_command("prune_actors", "--older-than", "5", "--database", "nope")
+
+
+def test_settling_after_the_consumer_closed_still_works(db_alias: str, database_broker: DatabaseBroker) -> None:
+    broker = make_broker(db_alias)
+    queue = unique("late")
+    broker.declare_queue(queue)
+    broker.enqueue_many([Message(queue_name=queue, actor_name="x", args=(n,), kwargs={}, options={}) for n in range(2)])
+    consumer = broker.consume(queue, timeout=50)
+    first, second = consumer.fetch(2)
+    consumer.close()  # e.g. a worker thread finishing after the worker stopped
+    consumer.ack(first)
+    second.fail("late failure")
+    consumer.nack(second)
+    assert [(r.message_id, r.state) for r in rows(db_alias)] == [(second.message_id, MessageState.DEAD)]
+    broker.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, databases=["default", "pg"])
+def test_worker_recovers_when_postgres_drops_its_connections(postgres_server: Any) -> None:
+    broker = DatabaseBroker(middleware=[], using="pg", poll_interval=20, heartbeat_timeout=2_000)
+    queue = unique("dropped")
+    seen: list[int] = []
+
+    @actor(broker=broker, actor_name=unique("note"), queue_name=queue)
+    def note(n: int) -> None:
+        seen.append(n)
+
+    for n in range(10):
+        note.send(n)
+    worker = start_worker(broker)
+    try:
+        broker.join(queue, timeout=10_000)
+        with connections["pg"].cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            assert cursor.fetchone()[0] >= 2  # at least the consumer's and the settler's
+        for n in range(10, 20):
+            note.send(n)
+        broker.join(queue, timeout=20_000)
+    finally:
+        worker.stop()
+        broker.close()
+    assert sorted(seen) == list(range(20))
+
+
+def test_failed_acks_are_written_again_by_a_later_fetch(db_alias: str, database_broker: DatabaseBroker) -> None:
+    from django.db import DatabaseError
+
+    broker = make_broker(db_alias)
+    queue = unique("unsettled")
+    broker.declare_queue(queue)
+    broker.enqueue(Message(queue_name=queue, actor_name="x", args=(), kwargs={}, options={}))
+    consumer = broker.consume(queue, timeout=50)
+    try:
+        [proxy] = consumer.fetch(1)
+        with connections[db_alias].cursor() as cursor:
+            cursor.execute("ALTER TABLE django_actors_message RENAME TO django_actors_message_away")
+        try:
+            with pytest.raises(DatabaseError):
+                consumer.ack(proxy)  # the table is gone: the ack cannot be written
+        finally:
+            with connections[db_alias].cursor() as cursor:
+                cursor.execute("ALTER TABLE django_actors_message_away RENAME TO django_actors_message")
+        assert [r.state for r in rows(db_alias)] == [MessageState.CLAIMED]
+        assert consumer.fetch(1) == []  # the next fetch writes the ack first
+        assert rows(db_alias) == []
+    finally:
+        consumer.close()
+        broker.close()

@@ -25,6 +25,7 @@ Claiming:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -90,13 +91,36 @@ def is_lock_error(exc: BaseException) -> bool:
     return "database is locked" in text or "database table is locked" in text or "database is busy" in text
 
 
-def run_with_retries(using: str, operation: Callable[[], T], *, lock_timeout: float = 60.0) -> T:
+_write_locks: dict[str, threading.Lock] = {}
+_write_locks_lock = threading.Lock()
+
+
+def write_lock(using: str) -> threading.Lock | contextlib.nullcontext[None]:
+    """A process-wide lock for writes to an SQLite database, else a no-op.
+
+    SQLite has one writer at a time and its busy handler sleeps in growing
+    steps when writers collide; taking turns in-process avoids those sleeps.
+    Not taken inside a caller's transaction, which may already hold
+    SQLite's write lock.
+    """
+    connection = connections[using]
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        return contextlib.nullcontext()
+    with _write_locks_lock:
+        lock = _write_locks.get(using)
+        if lock is None:
+            lock = _write_locks[using] = threading.Lock()
+        return lock
+
+
+def run_with_retries(using: str, operation: Callable[[], T], *, lock_timeout: float = 60.0, write: bool = True) -> T:
     """Run a short database operation, retrying transient failures.
 
     Lock conflicts are retried with jittered exponential backoff for up to
     ``lock_timeout`` seconds; a broken connection is closed and the operation
     retried twice. Inside a caller's transaction nothing is retried (the
-    transaction is not ours to redo).
+    transaction is not ours to redo). Writes to SQLite take turns in this
+    process (:func:`write_lock`).
 
     Raises:
       ConnectionClosed: the database stayed unreachable.
@@ -108,7 +132,10 @@ def run_with_retries(using: str, operation: Callable[[], T], *, lock_timeout: fl
     reconnects = 0
     while True:
         try:
-            return operation()
+            if not write:
+                return operation()
+            with write_lock(using):
+                return operation()
         except (OperationalError, InterfaceError) as exc:
             if connection.in_atomic_block:
                 raise
@@ -305,11 +332,13 @@ class DatabaseBroker(Broker):
         self._pid = os.getpid()
         self._worker_id: str | None = None
         self._heartbeat: _HeartbeatThread | None = None
+        self._settler: _SettlerThread | None = None
         self._consumers = 0
         self._next_reap = 0.0
         self._next_maintenance = 0.0
         self._prepared = False
         self._failures: list[MessageProxy] = []
+        self._unsettled: list[_Settlement] = []
         #: Force a claim strategy ("postgresql", "returning" or "generic"); tests.
         self.claim_strategy: str | None = None
         super().__init__(middleware, max_message_size=max_message_size)
@@ -325,9 +354,9 @@ class DatabaseBroker(Broker):
         """This thread's connection to the broker's database."""
         return connections[self.using]
 
-    def _run(self, operation: Callable[[], T]) -> T:
+    def _run(self, operation: Callable[[], T], *, write: bool = True) -> T:
         self._prepare()
-        return run_with_retries(self.using, operation)
+        return run_with_retries(self.using, operation, write=write)
 
     def _prepare(self) -> None:
         """Once per process: set SQLite's journal mode."""
@@ -425,6 +454,7 @@ class DatabaseBroker(Broker):
                 self._pid = os.getpid()
                 self._worker_id = f"{socket.gethostname()}:{self._pid}:{uuid.uuid4().hex[:12]}"
                 self._heartbeat = None
+                self._settler = None
                 self._consumers = 0
             return self._worker_id
 
@@ -439,6 +469,8 @@ class DatabaseBroker(Broker):
             self._run(lambda: self._beat(worker_id))
             self._heartbeat = _HeartbeatThread(self, worker_id)
             self._heartbeat.start()
+            self._settler = _SettlerThread(self)
+            self._settler.start()
             if self.listen and self.connection.vendor == "postgresql":
                 _Listener.acquire(self.using)
 
@@ -450,7 +482,10 @@ class DatabaseBroker(Broker):
             if self._consumers or self._heartbeat is None:
                 return
             heartbeat, self._heartbeat = self._heartbeat, None
+            settler, self._settler = self._settler, None
             worker_id = self._worker_id
+        if settler is not None:
+            settler.stop()
         heartbeat.stop()
         if self.listen and self.connection.vendor == "postgresql":
             _Listener.release(self.using)
@@ -485,6 +520,11 @@ class DatabaseBroker(Broker):
         return "generic"
 
     _COLUMNS = ("id", "message_id", "actor_name", "priority", "eta", "payload")
+
+    def _has_runnable(self, queue_name: str) -> bool:
+        """Whether a queue has a message to run now (a read)."""
+        runnable = self._objects().filter(queue_name=queue_name, state=_QUEUED, eta__lte=current_millis())
+        return bool(self._run(runnable.exists, write=False))
 
     def _claim(self, queue_name: str, count: int) -> tuple[list[tuple[Any, ...]], bool]:
         """Claim up to ``count`` runnable messages of a queue.
@@ -568,30 +608,53 @@ class DatabaseBroker(Broker):
 
     # Settling ---------------------------------------------------------------------------------------
 
-    def _ack(self, row_id: int) -> None:
-        objects = self._objects()
-        if self.retention:
-            self._run(
-                lambda: objects.filter(id=row_id).update(
-                    state=_DONE, updated_at=current_millis(), claimed_by=None, claim_token=None
-                )
-            )
-        else:
-            self._run(lambda: objects.filter(id=row_id).delete())
+    def _settle(self, settlement: _Settlement) -> None:
+        """Ack or nack through the settler thread (batched), else directly."""
+        with self._lock:
+            settler = self._settler if self._pid == os.getpid() else None
+        try:
+            if settler is None or not settler.submit(settlement):
+                self._run(lambda: self._settle_batch([settlement]))
+        except Exception:
+            # Kept and written again by a later fetch: while this process
+            # lives its heartbeat keeps the claim, so nobody else would.
+            with self._lock:
+                self._unsettled.append(settlement)
+            raise
+        if settlement.proxy is not None:
+            with self._lock:
+                self._failures.append(settlement.proxy)
+                del self._failures[:-100]
         signal(self.using, "settled").notify()
 
+    def _settle_batch(self, batch: list[_Settlement]) -> None:
+        """Apply acks and nacks in one transaction."""
+        objects = self._objects()
+        acked = [item.row_id for item in batch if item.proxy is None]
+        now = current_millis()
+        released = {"claimed_by": None, "claim_token": None, "updated_at": now}
+        if len(acked) == len(batch) <= CHUNK:  # the common case: one statement, no BEGIN/COMMIT round trips
+            if self.retention:
+                objects.filter(id__in=acked).update(state=_DONE, **released)
+            else:
+                objects.filter(id__in=acked)._raw_delete(self.using)
+            return
+        with transaction.atomic(using=self.using):
+            for chunk in chunked(acked):
+                if self.retention:
+                    objects.filter(id__in=chunk).update(state=_DONE, **released)
+                else:
+                    objects.filter(id__in=chunk).delete()
+            for item in batch:
+                if item.proxy is not None:
+                    reason = item.proxy.fail_reason or "failed"
+                    objects.filter(id=item.row_id).exclude(state=_DONE).update(state=_DEAD, reason=reason, **released)
+
+    def _ack(self, row_id: int) -> None:
+        self._settle(_Settlement(row_id))
+
     def _nack(self, proxy: MessageProxy) -> None:
-        reason = proxy.fail_reason or "failed"
-        self._run(
-            lambda: self._objects()
-            .filter(id=proxy.tag)
-            .exclude(state=_DONE)
-            .update(state=_DEAD, updated_at=current_millis(), claimed_by=None, claim_token=None, reason=reason)
-        )
-        with self._lock:
-            self._failures.append(proxy)
-            del self._failures[:-100]
-        signal(self.using, "settled").notify()
+        self._settle(_Settlement(proxy.tag, proxy))
 
     def _requeue(self, row_ids: list[int]) -> None:
         worker_id = self.worker_id
@@ -606,8 +669,33 @@ class DatabaseBroker(Broker):
 
     # The reaper and maintenance ----------------------------------------------------------------------
 
+    def _settle_again(self) -> None:
+        """Write settlements that failed earlier (the database was unreachable)."""
+        with self._lock:
+            batch, self._unsettled = self._unsettled, []
+        if not batch:
+            return
+        for item in batch:
+            item.done, item.error = False, None
+        try:
+            self._run(lambda: self._settle_batch(batch))
+        except Exception:
+            with self._lock:
+                self._unsettled[:0] = batch
+            raise
+        logger.info("Settled %d message(s) whose ack or nack had failed.", len(batch))
+        signal(self.using, "settled").notify()
+
     def maybe_reap(self) -> None:
-        """Run :meth:`reap` if it has not run in this process for half a heartbeat timeout."""
+        """Run :meth:`reap` if it has not run in this process for half a heartbeat timeout.
+
+        Also writes acks and nacks that failed earlier.
+        """
+        if self._unsettled:
+            try:
+                self._settle_again()
+            except Exception as exc:
+                logger.warning("Could not write %d earlier ack(s)/nack(s) yet: %s", len(self._unsettled), exc)
         now = time.monotonic()
         if now < self._next_reap:
             return
@@ -668,9 +756,8 @@ class DatabaseBroker(Broker):
 
     def pending_count(self, queue_name: str) -> int:
         """How many messages of a queue are queued (delayed included) or claimed."""
-        return int(
-            self._run(lambda: self._objects().filter(queue_name=queue_name, state__in=(_QUEUED, _CLAIMED)).count())
-        )
+        pending = self._objects().filter(queue_name=queue_name, state__in=(_QUEUED, _CLAIMED))
+        return int(self._run(pending.count, write=False))
 
     def flush(self, queue_name: str) -> None:
         """Drop a queue's queued (delayed included) and done messages.
@@ -766,7 +853,7 @@ class DatabaseBroker(Broker):
         fields = ("id", "message_id", "queue_name", "actor_name", "reason", "updated_at", "deliveries", "payload")
         query = query.values_list(*fields)
         query = query[offset:] if limit is None else query[offset : offset + limit]
-        rows = self._run(lambda: list(query))
+        rows = self._run(lambda: list(query), write=False)
         return [
             DeadLetter(
                 id=row[0],
@@ -783,7 +870,7 @@ class DatabaseBroker(Broker):
 
     def dead_letter_count(self, queue_name: str | None = None) -> int:
         """How many dead letters there are (expired ones excluded)."""
-        return int(self._run(lambda: self._dead(queue_name, None).count()))
+        return int(self._run(lambda: self._dead(queue_name, None).count(), write=False))
 
     def requeue_dead_letters(self, message_ids: Iterable[str] | None = None, *, queue_name: str | None = None) -> int:
         """Put dead letters back on their queues, to run now; return how many.
@@ -838,6 +925,7 @@ class DatabaseConsumer(Consumer):
         self.prefetch = prefetch
         self.timeout = timeout
         self._closed = False
+        self._idle = False
 
     def fetch(self, count: int) -> list[MessageProxy]:
         """Claim up to ``count`` runnable messages, waiting up to the timeout.
@@ -853,7 +941,13 @@ class DatabaseConsumer(Consumer):
         while True:
             generation = enqueued.generation
             broker.maybe_reap()
-            rows, contended = broker._claim(self.queue_name, count)
+            # While idle, look (a read) before claiming (a write): idle
+            # fetchers then never take SQLite's write lock.
+            rows: list[tuple[Any, ...]] = []
+            contended = False
+            if not self._idle or broker._has_runnable(self.queue_name):
+                rows, contended = broker._claim(self.queue_name, count)
+            self._idle = not rows and not contended
             if rows:
                 return [self._proxy(row) for row in rows]
             remaining = deadline - time.monotonic()
@@ -902,6 +996,77 @@ class DatabaseConsumer(Consumer):
             return
         self._closed = True
         self.broker._stop_consuming()
+
+
+@dataclasses.dataclass(eq=False)
+class _Settlement:
+    """An ack (no proxy) or a nack (the failed proxy) waiting to be written."""
+
+    row_id: int
+    proxy: MessageProxy | None = None
+    done: bool = False
+    error: BaseException | None = None
+
+
+class _SettlerThread(threading.Thread):
+    """Writes acks and nacks of a consuming process in batches, on its own
+    connection: a worker thread hands its settlement over and waits until it
+    is committed, and settlements that arrive while one batch is written go
+    together in the next (group commit)."""
+
+    def __init__(self, broker: DatabaseBroker) -> None:
+        super().__init__(name="django-actors-settler", daemon=True)
+        self.broker = broker
+        self._condition = threading.Condition()
+        self._pending: list[_Settlement] = []
+        self._stopping = False
+
+    def submit(self, settlement: _Settlement) -> bool:
+        """Queue a settlement and wait until it is written; ``False`` when stopped.
+
+        Raises:
+          Exception: writing its batch failed.
+        """
+        with self._condition:
+            if self._stopping or not self.is_alive():
+                return False
+            self._pending.append(settlement)
+            self._condition.notify_all()
+            while not settlement.done:
+                self._condition.wait()
+        if settlement.error is not None:
+            raise settlement.error
+        return True
+
+    def run(self) -> None:
+        try:
+            while True:
+                with self._condition:
+                    while not self._pending and not self._stopping:
+                        self._condition.wait()
+                    if not self._pending:
+                        return
+                    batch, self._pending = self._pending, []
+                error: BaseException | None = None
+                try:
+                    self.broker._run(lambda batch=batch: self.broker._settle_batch(batch))  # type: ignore[misc]
+                except BaseException as exc:
+                    error = exc
+                with self._condition:
+                    for settlement in batch:
+                        settlement.error = error
+                        settlement.done = True
+                    self._condition.notify_all()
+        finally:
+            connections.close_all()
+
+    def stop(self) -> None:
+        """Write what is pending, then stop."""
+        with self._condition:
+            self._stopping = True
+            self._condition.notify_all()
+        if self is not threading.current_thread():
+            self.join(30)
 
 
 class _HeartbeatThread(threading.Thread):
@@ -988,6 +1153,9 @@ class _Listener(threading.Thread):
                     while not self._stopped.is_set():
                         for _ in conn.notifies(timeout=0.25, stop_after=1):
                             enqueued.notify()
+            except TypeError:  # psycopg < 3.2: no notifies(timeout=...)
+                logger.info("psycopg is older than 3.2: idle fetchers poll instead of listening.")
+                return
             except Exception as exc:
                 if self._stopped.is_set():
                     break
