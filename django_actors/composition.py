@@ -35,6 +35,23 @@ the composition and its ancestors cancelled (:class:`CompositionCancelled`).
 Brokers without a results backend keep dramatiq's behaviour: a pipeline of
 plain messages nests each next step in the ``pipe_target`` option, a group
 without callbacks just sends its messages.
+
+Records
+-------
+Keys are ``{backend.namespace}:c:{composition_id}:{suffix}`` (the admin
+mirror reads them too), all kept for ``COMPOSITION_TTL``:
+
+``meta``          ``{"k": "p"|"g", "n": size, "up": [parent_id, position] | None,
+                  "path": [root_id, ..., id], "cb", "cbr", "fcb": callbacks}``
+``s:{k}``         launch spec of pipeline step ``k`` (k >= 1)
+``done``          completion set: positions of the children that finished
+``r:{k}``         ``{"r": result}`` of child ``k``
+``end``           ``{"r": True}`` finished, or ``{"e": {"type", "message"}}``
+                  failed (type ``"Cancelled"``: cancelled)
+``cancel``        present once cancelled (members check it before starting)
+``failed``        set of the children that failed (the first one wins)
+``did:{action}``  done marks (``adv:{k}``, ``adv``, ``fail``); ``claim:{action}``
+                  the claim a recovering delivery takes
 """
 
 from __future__ import annotations
