@@ -421,3 +421,13 @@ def test_broker_setter_moves_the_actor(broker):
     assert "movable" in other.actors
     assert len(other.queues["default"].ready) == 1
     assert not broker.queues["default"].ready
+
+
+def test_a_global_actor_runs_on_the_stub_worker(stub_broker, stub_worker):
+    @actor(store_results=True)
+    def actor_test_on_worker(x):
+        return x * 3
+
+    message = actor_test_on_worker.send(5)
+    assert message.get_result(block=True, timeout=5000) == 15
+    stub_broker.join("default", timeout=5000, fail_fast=True)
