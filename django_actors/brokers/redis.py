@@ -143,9 +143,20 @@ for i = 0, n - 1 do
   scores[#scores + 1] = member
 end
 redis.call('hset', KEYS[2], unpack(fields))
-if eta == '' then redis.call('zadd', KEYS[1], unpack(scores)) else redis.call('zadd', KEYS[3], unpack(scores)) end
-notify(KEYS[4])
-redis.call('sadd', KEYS[6], ARGV[1])
+if eta == '' then
+  redis.call('zadd', KEYS[1], unpack(scores))
+  -- Consumers block only after finding the queue empty, and a fetch that
+  -- leaves messages behind wakes the next one: a token is needed only when
+  -- the queue was empty until now.
+  if redis.call('zcard', KEYS[1]) == n then
+    notify(KEYS[4])
+    redis.call('sadd', KEYS[6], ARGV[1])
+  end
+else
+  redis.call('zadd', KEYS[3], unpack(scores))
+  notify(KEYS[4])  -- waiting consumers recompute when the next message is due
+  redis.call('sadd', KEYS[6], ARGV[1])
+end
 return n
 """
 
