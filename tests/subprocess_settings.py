@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+from django_actors.conf import DEFAULT_MIDDLEWARE
 from tests.settings import *  # noqa: F403
 from tests.settings import INSTALLED_APPS as _BASE_APPS
 
@@ -31,4 +32,5 @@ DJANGO_ACTORS = {
         },
     },
     "RESULTS": None,
+    "MIDDLEWARE": [*DEFAULT_MIDDLEWARE, "tests.apps.workerapp.middleware.Lifecycle"],
 }
