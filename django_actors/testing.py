@@ -4,8 +4,8 @@ entry point, so installing django_actors is enough) for projects that use it.
 Fixtures:
   stub_broker: a fresh in-memory :class:`StubBroker`, installed as the global
     broker for the test, with the project's middleware
-    (``DJANGO_ACTORS['MIDDLEWARE']`` or the defaults) and an in-memory results
-    backend in place of the configured one.
+    (``DJANGO_ACTORS['MIDDLEWARE']`` or the defaults, without the admin
+    mirror) and an in-memory results backend in place of the configured one.
   stub_worker: a :class:`Worker` running on ``stub_broker``, stopped after the test.
 
 Helper:
@@ -60,7 +60,7 @@ def stub_middleware() -> list[Middleware]:
 
     With Django settings configured: the project's ``DJANGO_ACTORS['MIDDLEWARE']``
     (or the defaults), with a :class:`StubBackend` for results instead of the
-    configured backend. Without settings: the engine's defaults,
+    configured backend, and without the admin mirror. Without settings: the engine's defaults,
     ``CurrentMessage`` and stub results.
     """
     from django.conf import settings
@@ -72,7 +72,10 @@ def stub_middleware() -> list[Middleware]:
     from .conf import build_middleware, get_settings
 
     config = get_settings()
-    middleware = build_middleware(dataclasses.replace(config, results=None))
+    # Without the admin mirror: it writes to the database from a thread of its
+    # own, which a test's database setup does not expect.
+    mirror_off = dataclasses.replace(config.mirror, enabled=False)
+    middleware = build_middleware(dataclasses.replace(config, results=None, mirror=mirror_off))
     results = Results(backend=StubBackend(), store_results=config.store_results, result_ttl=config.result_ttl)
     replaced = False
     for index, item in enumerate(middleware):

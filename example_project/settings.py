@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import django
 
@@ -62,21 +63,22 @@ TEMPLATES = [
     },
 ]
 
+# Workers and the web process share the file: wait up to 20 s for a lock
+# instead of failing at once; and (Django 5.1+) take the write lock when a
+# transaction starts, or a transaction that reads and then writes can fail at
+# once with "database is locked" when another process wrote meanwhile.
+SQLITE_OPTIONS: dict[str, Any] = {"timeout": 20}
+if django.VERSION >= (5, 1):
+    SQLITE_OPTIONS["transaction_mode"] = "IMMEDIATE"
+
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         # DJANGO_ACTORS_EXAMPLE_DB puts the database elsewhere (the tests do).
         "NAME": os.environ.get("DJANGO_ACTORS_EXAMPLE_DB") or BASE_DIR / "db.sqlite3",
-        # Workers and the web process share the file: wait for locks instead
-        # of failing at once.
-        "OPTIONS": {"timeout": 20},
+        "OPTIONS": SQLITE_OPTIONS,
     }
 }
-if django.VERSION >= (5, 1):
-    # Take the write lock when a transaction starts: a transaction that reads
-    # and then writes can otherwise fail at once with "database is locked"
-    # when another process wrote meanwhile.
-    DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True

@@ -8,6 +8,8 @@ import textwrap
 
 import pytest
 
+from django_actors.brokers.stub import StubBroker
+
 pytest_plugins = ["pytester"]
 
 SETTINGS = """
@@ -244,3 +246,16 @@ def test_plugin_fixtures_and_run_until_complete(project: pytest.Pytester) -> Non
     project.makepyfile(test_user=TESTS, test_zz_teardown=TEARDOWN_TESTS)
     result = project.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "-v")
     result.assert_outcomes(passed=13)
+
+
+def test_stub_broker_with_this_suites_default_settings(stub_broker: StubBroker) -> None:
+    # Default middleware, the admin mirror left out, in-memory results.
+    from django_actors.middleware.django_db import DbConnections
+    from django_actors.middleware.mirror import Mirror
+    from django_actors.middleware.signals import DjangoSignals
+    from django_actors.results.backends.stub import StubBackend
+
+    kinds = [type(m) for m in stub_broker.middleware]
+    assert kinds[0] is DbConnections and DjangoSignals in kinds
+    assert Mirror not in kinds
+    assert isinstance(stub_broker.get_results_backend(), StubBackend)
