@@ -78,6 +78,8 @@ def test_options_are_validated() -> None:
         DatabaseBroker(middleware=[], poll_interval="fast")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="using"):
         DatabaseBroker(middleware=[], using="")
+    with pytest.raises(ValueError, match="journal_mode"):
+        DatabaseBroker(middleware=[], journal_mode="wal; DROP TABLE x")
 
 
 def test_settings_default_to_the_database_broker_and_backend() -> None:

@@ -21,6 +21,14 @@ Claiming:
 - Other databases: ``select_for_update(skip_locked=True)`` where supported,
   else a conditional update followed by a read of the rows this fetch
   actually claimed.
+
+Settling: worker threads hand acks and nacks to one settler thread per
+process, which writes each batch gathered while the previous one was being
+written in one statement (group commit) on its own connection, and wakes
+them once it is committed. Writes to SQLite take turns inside a process;
+idle fetchers look with a read before they claim with a write. Lock
+conflicts are retried with backoff and lost connections reopened
+(:func:`run_with_retries`); no transaction is held open while waiting.
 """
 
 from __future__ import annotations
@@ -65,6 +73,7 @@ NOTIFY_CHANNEL = "django_actors"
 CHUNK = 500
 
 _QUEUED, _CLAIMED, _DONE, _DEAD = "queued", "claimed", "done", "dead"
+_JOURNAL_MODES = frozenset({"wal", "delete", "truncate", "persist", "memory", "off"})
 _LOCK_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
 
 
@@ -320,6 +329,11 @@ class DatabaseBroker(Broker):
                 raise ValueError(f"DatabaseBroker {name} must be an int >= {low} (milliseconds), not {value!r}.")
         if not isinstance(using, str) or not using:
             raise ValueError(f"DatabaseBroker using must be a database alias, not {using!r}.")
+        if journal_mode is not None and str(journal_mode).lower() not in _JOURNAL_MODES:
+            raise ValueError(
+                f"DatabaseBroker journal_mode must be one of {', '.join(sorted(_JOURNAL_MODES))} or None, "
+                f"not {journal_mode!r}."
+            )
         self.using = using
         self.heartbeat_timeout = heartbeat_timeout
         self.dead_message_ttl = dead_message_ttl
@@ -1093,6 +1107,21 @@ class _HeartbeatThread(threading.Thread):
         self._stopped.set()
         if self is not threading.current_thread():
             self.join(5)
+
+
+def _after_fork_in_child() -> None:
+    # Locks held by threads of the parent would stay held forever in the
+    # child, and the parent's threads do not exist here: start afresh.
+    global _signals_lock, _write_locks_lock
+    _signals.clear()
+    _signals_lock = threading.Lock()
+    _write_locks.clear()
+    _write_locks_lock = threading.Lock()
+    _Listener._instances.clear()
+    _Listener._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Listener(threading.Thread):

@@ -10,6 +10,7 @@ stores, and by ``manage.py prune_actors``).
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -69,6 +70,15 @@ class _Waiters:
 
 _waiters: dict[str, _Waiters] = {}
 _waiters_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _waiters_lock
+    _waiters.clear()
+    _waiters_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _waiters_for(using: str) -> _Waiters:
