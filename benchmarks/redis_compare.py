@@ -16,8 +16,10 @@ backend:
   fresh subprocess; the time from ``worker.start()`` until the last message
   ran. The rate is messages per second.
 
-Each figure is the median of ``--repeat`` runs. dramatiq comes from the
-``bench`` extra; it is never a runtime dependency.
+Each figure is the median of ``--repeat`` rounds; in every round the two
+libraries take turns (the send() loops in ten alternating slices), so a
+change in machine load hits both alike. Run it with an interpreter that has
+dramatiq (the ``bench`` extra; never a runtime dependency).
 """
 
 from __future__ import annotations
@@ -87,35 +89,41 @@ def _rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("inf")
 
 
-def measure_enqueue(impl: str, url: str, count: int) -> dict[str, float]:
-    """Enqueue rates (messages/s) for a send() loop, one batch, and group.run()."""
+def measure_enqueue(subjects: dict[str, tuple[Any, Any, Any]], url: str, count: int) -> dict[str, dict[str, float]]:
+    """One round of enqueue rates (messages/s) per library: a send() loop,
+    one batch, and group.run(). The send() loops run in ten slices, the
+    libraries taking turns, so a change in machine load hits both alike."""
     client = redis.Redis.from_url(url)
-    broker, noop, group = SUBJECTS[impl](url)
-    results: dict[str, float] = {}
+    results: dict[str, dict[str, float]] = {impl: {} for impl in subjects}
 
     client.flushdb()
-    start = time.perf_counter()
-    for n in range(count):
-        noop.send(n)
-    results["send"] = _rate(count, time.perf_counter() - start)
+    spent = dict.fromkeys(subjects, 0.0)
+    slice_size = max(count // 10, 1)
+    for first in range(0, count, slice_size):
+        for impl, (_, noop, _) in subjects.items():
+            start = time.perf_counter()
+            for n in range(first, min(first + slice_size, count)):
+                noop.send(n)
+            spent[impl] += time.perf_counter() - start
+    for impl in subjects:
+        results[impl]["send"] = _rate(count, spent[impl])
 
-    client.flushdb()
-    messages = [noop.message(n) for n in range(count)]
-    start = time.perf_counter()
-    if impl == "django_actors":
-        broker.enqueue_many(messages)
-    else:
+    for impl, (broker, noop, group) in subjects.items():
+        client.flushdb()
+        messages = [noop.message(n) for n in range(count)]
+        start = time.perf_counter()
+        if impl == "django_actors":
+            broker.enqueue_many(messages)
+        else:
+            group(messages, broker=broker).run()
+        results[impl]["batch"] = _rate(count, time.perf_counter() - start)
+
+        client.flushdb()
+        messages = [noop.message(n) for n in range(count)]
+        start = time.perf_counter()
         group(messages, broker=broker).run()
-    results["batch"] = _rate(count, time.perf_counter() - start)
-
+        results[impl]["group"] = _rate(count, time.perf_counter() - start)
     client.flushdb()
-    messages = [noop.message(n) for n in range(count)]
-    start = time.perf_counter()
-    group(messages, broker=broker).run()
-    results["group"] = _rate(count, time.perf_counter() - start)
-
-    client.flushdb()
-    broker.close()
     return results
 
 
@@ -233,12 +241,15 @@ def main(argv: list[str] | None = None) -> int:
             "group": f"group.run(), {options.enqueue:,} msgs",
             "drain": f"drain {options.drain:,} no-op, 1 worker x {options.threads} threads",
         }
+        subjects = {impl: build(url) for impl, build in SUBJECTS.items()}
         for _ in range(options.repeat):
+            enqueue = measure_enqueue(subjects, url, options.enqueue)
             for impl in SUBJECTS:
-                figures = measure_enqueue(impl, url, options.enqueue)
-                figures["drain"] = measure_drain(impl, url, options.drain, options.threads)
+                figures = {**enqueue[impl], "drain": measure_drain(impl, url, options.drain, options.threads)}
                 for key, value in figures.items():
                     samples.setdefault(names[key], {}).setdefault(impl, []).append(value)
+        for broker, _, _ in subjects.values():
+            broker.close()
         rows = {name: {impl: statistics.median(v) for impl, v in by_impl.items()} for name, by_impl in samples.items()}
         info = redis.Redis.from_url(url).info("server")
         print(f"redis-server {info['redis_version']}, Python {sys.version.split()[0]}, "

@@ -58,6 +58,9 @@ Safety details
   message; any other foreign value at the queue key is renamed aside.
 - After a fork the client, the worker id and the heartbeat are new; the
   heartbeat thread starts in the process that consumes.
+
+Scripts derive some key names (other queues, other workers), so this broker
+needs one Redis (with Sentinel for failover), not Redis Cluster.
 """
 
 from __future__ import annotations
