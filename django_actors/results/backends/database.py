@@ -131,8 +131,8 @@ class DatabaseBackend(ResultBackend):
         digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
         return f"{key[: MAX_KEY_LENGTH - len(digest) - 1]}#{digest}"
 
-    def _run(self, operation: Any) -> Any:
-        return run_with_retries(self.using, operation)
+    def _run(self, operation: Any, *, write: bool = True) -> Any:
+        return run_with_retries(self.using, operation, write=write)
 
     def _decode(self, value: Any) -> Any:
         return self.encoder.decode(bytes(value))["v"]
@@ -193,7 +193,7 @@ class DatabaseBackend(ResultBackend):
                     .values_list("key", "value")
                 )
 
-        self._run(read)
+        self._run(read, write=False)
         return [self._decode(found[key]) if key in found else None for key in mapped]
 
     def _store_many(self, records: Mapping[str, Any], ttl: int) -> None:
@@ -283,7 +283,7 @@ class DatabaseBackend(ResultBackend):
                     .values_list("set_key", "size")
                 )
 
-        self._run(count)
+        self._run(count, write=False)
         return [int(counts.get(key, 0)) for key in mapped]
 
     def _claim(self, key: str, token: str, ttl: int) -> bool:
