@@ -470,6 +470,27 @@ def test_flush_and_flush_all(database_broker: DatabaseBroker, db_alias: str) -> 
     assert rows(db_alias) == []
 
 
+def test_stats_and_workers(db_alias: str, database_broker: DatabaseBroker) -> None:
+    queue = unique("stats")
+    database_broker.declare_queue(queue)
+    new = [Message(queue_name=queue, actor_name="x", args=(n,), kwargs={}, options={}) for n in range(4)]
+    database_broker.enqueue_many(new)
+    database_broker.enqueue(Message(queue_name=queue, actor_name="x", args=(), kwargs={}, options={}), delay=60_000)
+    consumer = database_broker.consume(queue, timeout=50)
+    try:
+        claimed = consumer.fetch(2)
+        claimed[0].fail("bad")
+        consumer.nack(claimed[0])
+        stats = database_broker.stats(queue)
+        assert (stats.ready, stats.delayed, stats.in_flight, stats.dead) == (2, 1, 1, 1)
+        workers = database_broker.workers()
+        assert database_broker.worker_id in workers
+        assert abs(workers[database_broker.worker_id] - current_millis()) < 60_000
+    finally:
+        consumer.close()
+    assert database_broker.worker_id not in database_broker.workers()
+
+
 def test_heartbeat_row_lives_while_consuming(db_alias: str, database_broker: DatabaseBroker) -> None:
     broker = make_broker(db_alias, heartbeat_timeout=400)
     broker.declare_queue("beats")

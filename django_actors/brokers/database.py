@@ -239,25 +239,38 @@ def signal(using: str, name: str) -> Signal:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DeadLetter:
-    """A dead-lettered message, as listed by :meth:`DatabaseBroker.dead_letters`."""
+    """A dead-lettered message, as listed by :meth:`DatabaseBroker.dead_letters`
+    (the same fields as the Redis broker's, plus the row's)."""
 
-    id: int
     message_id: str
     queue_name: str
-    actor_name: str
     reason: str
     #: When it was dead-lettered, epoch ms.
-    failed_at: int
+    died_at: int
+    #: The payload as it was.
+    data: bytes
+    #: The row id, the actor's name and how many times it was delivered.
+    id: int
+    actor_name: str
     deliveries: int
-    payload: bytes
 
     @property
     def message(self) -> Message[Any] | None:
         """The decoded message, ``None`` when the payload cannot be decoded."""
         try:
-            return Message.decode(self.payload)
+            return Message.decode(self.data)
         except DecodeError:
             return None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QueueStats:
+    """How many messages a queue holds, by state (as the Redis broker's ``stats``)."""
+
+    ready: int
+    delayed: int
+    in_flight: int
+    dead: int
 
 
 # The middleware the broker adds to itself ----------------------------------------------
@@ -773,6 +786,29 @@ class DatabaseBroker(Broker):
         pending = self._objects().filter(queue_name=queue_name, state__in=(_QUEUED, _CLAIMED))
         return int(self._run(pending.count, write=False))
 
+    def stats(self, queue_name: str) -> QueueStats:
+        """How many messages a queue holds: ready, delayed, in flight (claimed), dead."""
+        from django.db.models import Count, Q
+
+        validate_queue_name(queue_name)
+        now = current_millis()
+        rows = self._objects().filter(queue_name=queue_name)
+        totals = self._run(
+            lambda: rows.aggregate(
+                ready=Count("id", filter=Q(state=_QUEUED, eta__lte=now)),
+                delayed=Count("id", filter=Q(state=_QUEUED, eta__gt=now)),
+                in_flight=Count("id", filter=Q(state=_CLAIMED)),
+                dead=Count("id", filter=Q(state=_DEAD, updated_at__gte=now - self.dead_message_ttl)),
+            ),
+            write=False,
+        )
+        return QueueStats(**{name: int(value or 0) for name, value in totals.items()})
+
+    def workers(self) -> dict[str, int]:
+        """The worker processes with a heartbeat row, and their last heartbeat (epoch ms)."""
+        beats = _models().WorkerHeartbeat.objects.using(self.using).values_list("worker_id", "last_seen")
+        return dict(self._run(lambda: list(beats), write=False))
+
     def flush(self, queue_name: str) -> None:
         """Drop a queue's queued (delayed included) and done messages.
 
@@ -875,9 +911,9 @@ class DatabaseBroker(Broker):
                 queue_name=row[2],
                 actor_name=row[3],
                 reason=row[4],
-                failed_at=row[5],
+                died_at=row[5],
                 deliveries=row[6],
-                payload=bytes(row[7]),
+                data=bytes(row[7]),
             )
             for row in rows
         ]
