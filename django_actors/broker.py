@@ -143,11 +143,18 @@ class Broker:
 
         An error in one hook is logged and the others still run.
         """
+        self.emit_after_collect(signal, *args, **kwargs)
+
+    def emit_after_collect(self, signal: str, *args: Any, **kwargs: Any) -> list[Exception]:
+        """:meth:`emit_after`, returning the errors the hooks raised (already logged)."""
+        errors: list[Exception] = []
         for hook in self._hooks.get("after_" + signal, ()):
             try:
                 hook(self, *args, **kwargs)
-            except Exception:
+            except Exception as exc:
                 self.logger.exception("Middleware hook %s failed.", getattr(hook, "__qualname__", hook))
+                errors.append(exc)
+        return errors
 
     # Actors and queues -----------------------------------------------------------
 

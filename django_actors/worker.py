@@ -195,6 +195,7 @@ class Worker:
     def process_message(self, proxy: MessageProxy, consumer: _ConsumerThread) -> None:
         """Run one message through the middleware and its actor, then settle it."""
         broker = self.broker
+        hand_back = False
         try:
             if proxy.failed:  # undecodable: nothing to run
                 return
@@ -205,14 +206,23 @@ class Worker:
                 proxy.stuff_exception(error)
                 proxy.fail(str(error))
                 return
+            started = False
             try:
                 broker.emit_before("process_message", proxy)
+                started = True
                 result = self._call(actor, proxy)
-                broker.emit_after("process_message", proxy, result=result)
+                errors = broker.emit_after_collect("process_message", proxy, result=result)
+                hand_back = any(is_transient(error) for error in errors)
             except SkipMessage:
                 logger.info("Skipped message %s.", proxy.message_id)
                 broker.emit_after("skip_message", proxy)
             except BaseException as exc:
+                if not started and is_transient(exc):
+                    # A hook could not reach a service (the results backend,
+                    # say): nothing ran; hand the message back for later.
+                    logger.warning("Handing message %s back: %s", proxy.message_id, exc)
+                    hand_back = True
+                    return
                 if isinstance(exc, Retry):
                     logger.info("Message %s asked for a retry: %s", proxy.message_id, exc)
                 elif _is_thrown(broker, proxy, exc):
@@ -220,9 +230,17 @@ class Worker:
                 else:
                     logger.error("Actor %s failed on message %s.", proxy.actor_name, proxy.message_id, exc_info=True)
                 proxy.stuff_exception(exc)
-                broker.emit_after("process_message", proxy, exception=exc)
+                errors = broker.emit_after_collect("process_message", proxy, exception=exc)
+                hand_back = any(is_transient(error) for error in errors)
         finally:
-            consumer.settle(proxy)
+            if hand_back:
+                # An after hook (a retry, a pipeline's next step, a result)
+                # hit a connection error: acking would lose that work, so the
+                # message is handed back and runs again (at least once).
+                logger.warning("Handing message %s back after a connection error in a hook.", proxy.message_id)
+                consumer.requeue([proxy])
+            else:
+                consumer.settle(proxy)
 
     def _call(self, actor: Actor[Any, Any], proxy: MessageProxy) -> Any:
         enter_actor()  # time limits and shutdown notices are raised only in here
@@ -232,6 +250,16 @@ class Worker:
             return self._event_loop().run(actor.fn(*proxy.args, **proxy.kwargs))
         finally:
             leave_actor()
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` is a lost connection (to a broker, a backend or the
+    database) rather than a bug: work that hit it is worth doing again."""
+    from django.db.utils import InterfaceError, OperationalError
+
+    from .errors import ConnectionError as BrokerConnectionError
+
+    return isinstance(error, BrokerConnectionError | OSError | OperationalError | InterfaceError)
 
 
 def _is_thrown(broker: Broker, proxy: MessageProxy, exc: BaseException) -> bool:
