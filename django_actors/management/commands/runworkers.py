@@ -54,6 +54,13 @@ def queue_name(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the OS reports it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def configure_logging(verbosity: int) -> None:
     """Log django_actors at WARNING (0), INFO (1, the default) or DEBUG (2);
     3 also sets the root logger to DEBUG. A handler is added only where the
@@ -81,8 +88,8 @@ class Command(BaseCommand):
             "--processes",
             "-p",
             type=positive_int,
-            default=os.cpu_count() or 1,
-            help="Worker processes to run (default: the number of CPUs).",
+            default=available_cpus(),
+            help="Worker processes to run (default: the number of CPUs available).",
         )
         parser.add_argument(
             "--threads", "-t", type=positive_int, default=8, help="Worker threads per process (default: 8)."
@@ -116,6 +123,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not hasattr(os, "fork"):
+            raise CommandError("runworkers forks its worker processes: it needs os.fork (Linux, macOS, BSD).")
         configure_logging(options["verbosity"])
         supervisor_options = SupervisorOptions(
             processes=options["processes"],
