@@ -768,3 +768,43 @@ def test_failed_acks_are_written_again_by_a_later_fetch(db_alias: str, database_
     finally:
         consumer.close()
         broker.close()
+
+
+def test_join_fail_fast_raises_a_failure_from_before_the_join_once(database_broker: DatabaseBroker) -> None:
+    @actor(broker=database_broker, actor_name=unique("fails_early"), queue_name=unique("early"), max_retries=0)
+    def fails_early() -> None:
+        raise KeyError("early")
+
+    fails_early.send()
+    worker = start_worker(database_broker)
+    try:
+        wait_until(lambda: database_broker.dead_letters(fails_early.queue_name))
+        with pytest.raises(KeyError, match="early"):
+            database_broker.join(fails_early.queue_name, timeout=10_000, fail_fast=True)
+        # Reported once: the next join has nothing new to report.
+        database_broker.join(fails_early.queue_name, timeout=10_000, fail_fast=True)
+    finally:
+        worker.stop()
+
+
+def test_join_fail_fast_ignores_failures_in_other_queues(database_broker: DatabaseBroker) -> None:
+    other, mine = unique("other"), unique("mine")
+
+    @actor(broker=database_broker, actor_name=unique("fails_elsewhere"), queue_name=other, max_retries=0)
+    def fails_elsewhere() -> None:
+        raise ValueError("elsewhere")
+
+    @actor(broker=database_broker, actor_name=unique("fine"), queue_name=mine)
+    def fine() -> None:
+        pass
+
+    fails_elsewhere.send()
+    worker = start_worker(database_broker)
+    try:
+        database_broker.join(other, timeout=10_000)
+        fine.send()
+        database_broker.join(mine, timeout=10_000, fail_fast=True)
+        with pytest.raises(ValueError, match="elsewhere"):
+            database_broker.join(other, timeout=10_000, fail_fast=True)
+    finally:
+        worker.stop()

@@ -364,7 +364,8 @@ class DatabaseBroker(Broker):
         self._next_reap = 0.0
         self._next_maintenance = 0.0
         self._prepared = False
-        self._failures: list[MessageProxy] = []
+        #: Dead letters not yet raised by a ``join(fail_fast=True)``, by queue.
+        self._failures: dict[str, list[MessageProxy]] = {}
         self._unsettled: list[_Settlement] = []
         #: Force a claim strategy ("postgresql", "returning" or "generic"); tests.
         self.claim_strategy: str | None = None
@@ -650,8 +651,9 @@ class DatabaseBroker(Broker):
             raise
         if settlement.proxy is not None:
             with self._lock:
-                self._failures.append(settlement.proxy)
-                del self._failures[:-100]
+                failures = self._failures.setdefault(settlement.proxy.queue_name, [])
+                failures.append(settlement.proxy)
+                del failures[:-100]
         signal(self.using, "settled").notify()
 
     def _settle_batch(self, batch: list[_Settlement]) -> None:
@@ -830,8 +832,9 @@ class DatabaseBroker(Broker):
 
         Parameters:
           timeout: milliseconds; ``None`` waits forever.
-          fail_fast: raise the exception of the first message this process
-            dead-lettered while waiting.
+          fail_fast: raise the exception of the first message of this queue
+            that this process dead-lettered and that no earlier ``fail_fast``
+            join raised (also when it failed before this call).
 
         Raises:
           QueueJoinTimeout: the timeout ran out.
@@ -839,15 +842,13 @@ class DatabaseBroker(Broker):
         validate_queue_name(queue_name)
         deadline = None if timeout is None else time.monotonic() + timeout / 1000
         settled = signal(self.using, "settled")
-        with self._lock:
-            self._failures.clear()
         pause = 0.005
         while True:
             generation = settled.generation
             if fail_fast:
                 with self._lock:
-                    failed = self._failures[0] if self._failures else None
-                    self._failures.clear()
+                    failures = self._failures.pop(queue_name, None)
+                    failed = failures[0] if failures else None
                 if failed is not None:
                     raise failed.exception or RuntimeError(failed.fail_reason or "message failed")
             self.maybe_reap()
