@@ -172,9 +172,12 @@ class Actor(Generic[P, R]):
         """:meth:`send_with_options`, deferred until the transaction commits."""
         from django.db import transaction
 
+        if delay is not None and (not isinstance(delay, int | float) or delay < 0):
+            raise ValueError(f"delay must be a non-negative number of milliseconds, not {delay!r}.")
         message = self.message_with_options(args=args, kwargs=kwargs, **options)
         message.encode()  # fail now, not at commit time
         broker = self.broker
+        delay = int(delay) if delay else None
         transaction.on_commit(lambda: broker.enqueue(message, delay=delay), using=using)
         return message
 

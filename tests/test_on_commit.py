@@ -183,3 +183,13 @@ print(json.dumps(report))
         "other_autocommit": 3,
         "other_rolled_back": 3,
     }
+
+
+@pytest.mark.parametrize("delay", ["soon", -1, [5]])
+def test_a_bad_delay_fails_at_once_not_at_commit(stub_broker: StubBroker, delay: object) -> None:
+    with transaction.atomic():
+        with pytest.raises(ValueError, match="delay must be a non-negative number of milliseconds"):
+            add.send_with_options_on_commit(args=(1, 2), delay=delay)  # type: ignore[arg-type]
+        Group.objects.create(name="commits-anyway")
+    assert queued(stub_broker) == 0
+    assert Group.objects.filter(name="commits-anyway").exists()
