@@ -114,3 +114,16 @@ def test_package_is_typed():
     from importlib.resources import files
 
     assert files("django_actors").joinpath("py.typed").is_file()
+
+
+def test_django_middleware_are_importable_from_the_middleware_package() -> None:
+    from django_actors import middleware
+    from django_actors.middleware.django_db import DbConnections
+    from django_actors.middleware.mirror import Mirror
+    from django_actors.middleware.signals import DjangoSignals
+
+    assert middleware.DbConnections is DbConnections
+    assert middleware.DjangoSignals is DjangoSignals
+    assert middleware.Mirror is Mirror
+    with pytest.raises(AttributeError, match="Nope"):
+        middleware.Nope  # noqa: B018

@@ -1089,8 +1089,16 @@ class RedisConsumer(Consumer):
         members = [proxy.tag for proxy in messages]
         if not members:
             return
-        with translate_errors(f"handing back messages of {self.queue_name!r}"):
-            self.broker.scripts.requeue(keys=[self._ack_key, self._ready, self._notify], args=members)
+        try:
+            with translate_errors(f"handing back messages of {self.queue_name!r}"):
+                self.broker.scripts.requeue(keys=[self._ack_key, self._ready, self._notify], args=members)
+        except ConnectionClosed:
+            # Forgotten here, they are handed back by the next resync, once
+            # Redis answers again: a live worker must not keep them forever.
+            with self._lock:
+                self._held.difference_update(members)
+                self._needs_resync = True
+            raise
         with self._lock:
             self._held.difference_update(members)
             self._lock.notify_all()

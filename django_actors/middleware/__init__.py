@@ -17,8 +17,11 @@ __all__ = [
     "AgeLimit",
     "Callbacks",
     "CurrentMessage",
+    "DbConnections",
+    "DjangoSignals",
     "Middleware",
     "MiddlewareError",
+    "Mirror",
     "Pipelines",
     "Results",
     "Retries",
@@ -31,9 +34,19 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "Results":
-        from ..results.middleware import Results
+#: Middleware imported on first access: they touch Django (models, signals).
+_LAZY = {
+    "Results": ("..results.middleware", "Results"),
+    "DbConnections": (".django_db", "DbConnections"),
+    "DjangoSignals": (".signals", "DjangoSignals"),
+    "Mirror": (".mirror", "Mirror"),
+}
 
-        return Results
-    raise AttributeError(name)
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module, __name__), attribute)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
