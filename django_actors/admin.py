@@ -53,6 +53,18 @@ class _ReadOnly:
 # Filters --------------------------------------------------------------------------------------
 
 
+#: How many recent messages the actor and queue filters look at for their choices.
+RECENT_FOR_CHOICES = 5000
+
+
+def _recent_values(field: str, **filters: Any) -> list[tuple[str, str]]:
+    """Distinct values of ``field`` among the most recently updated messages
+    (the message table is large and these columns are not indexed)."""
+    recent = MessageRecord.objects.filter(**filters).order_by("-updated").values_list(field, flat=True)
+    values = sorted({value for value in recent[:RECENT_FOR_CHOICES] if value})
+    return [(value, value) for value in values[:100]]
+
+
 class ActorFilter(admin.SimpleListFilter):
     """Compositions with a member message of the chosen actor."""
 
@@ -60,19 +72,35 @@ class ActorFilter(admin.SimpleListFilter):
     parameter_name = "actor"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
-        names = (
-            MessageRecord.objects.exclude(composition_id=None)
-            .order_by("actor_name")
-            .values_list("actor_name", flat=True)
-            .distinct()[:100]
-        )
-        return [(name, name) for name in names if name]
+        return _recent_values("actor_name", composition_id__isnull=False)
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if not self.value():
             return queryset
         members = MessageRecord.objects.filter(actor_name=self.value()).values("composition_id")
         return queryset.filter(pk__in=members)
+
+
+class _RecentValueFilter(admin.SimpleListFilter):
+    """Filter messages by a column, offering the values of recent messages."""
+
+    field = ""
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
+        return _recent_values(self.field)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(**{self.field: self.value()}) if self.value() else queryset
+
+
+class MessageActorFilter(_RecentValueFilter):
+    title = _("actor")
+    parameter_name = field = "actor_name"
+
+
+class QueueFilter(_RecentValueFilter):
+    title = _("queue")
+    parameter_name = field = "queue_name"
 
 
 class NestingFilter(admin.SimpleListFilter):
@@ -238,15 +266,15 @@ class MessageRecordAdmin(_ReadOnly, admin.ModelAdmin):
     """Every mirrored message: status, timings, previews and traceback."""
 
     list_display = (
-        "short_id", "actor_name", "queue_name", "status_display", "retries", "composition_link", "enqueued_at",
+        "short_id", "actor_name", "queue_name", "status_display", "retries", "composition_link", "enqueued",
         "took", "worker",
     )  # fmt: skip
     list_display_links = ("short_id", "actor_name")
     list_filter = (
         "status",
-        ("actor_name", admin.AllValuesFieldListFilter),
-        ("queue_name", admin.AllValuesFieldListFilter),
-        ("enqueued_at", admin.DateFieldListFilter),
+        MessageActorFilter,
+        QueueFilter,
+        ("updated", admin.DateFieldListFilter),
     )
     search_fields = ("^message_id", "=root_id", "=composition__id", "actor_name")
     search_help_text = _("Search by message id (or its beginning), by composition id, or by actor.")
@@ -291,6 +319,15 @@ class MessageRecordAdmin(_ReadOnly, admin.ModelAdmin):
         url = reverse("admin:django_actors_composition_change", args=[obj.composition_id])
         position = "" if obj.position is None else f" #{obj.position}"
         return format_html('<a href="{}">{}{}</a>', url, obj.composition_id[:12], position)
+
+    @admin.display(description=_("enqueued"), ordering="enqueued_ms")
+    def enqueued(self, obj: MessageRecord) -> str:
+        moment = obj.enqueued_at
+        if moment is None:
+            return "-"
+        return format_html(
+            '<span title="{}">{}</span>', date_format(timezone.localtime(moment), "DATETIME_FORMAT"), since(moment)
+        )
 
     @admin.display(description=_("duration"))
     def took(self, obj: MessageRecord) -> str:

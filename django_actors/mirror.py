@@ -45,6 +45,8 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .redaction import redact, redact_call
+
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
@@ -97,8 +99,27 @@ def truncate(text: str, limit: int = PREVIEW_LENGTH) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
+#: Types whose ``repr`` is short and cheap: previewed without reprlib.
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
+def _plain(value: Any) -> bool:
+    kind = type(value)
+    return kind in _PLAIN or (kind is str and len(value) <= 100)
+
+
 def preview_call(args: Iterable[Any], kwargs: dict[str, Any]) -> str:
-    """A short, bounded representation of a call's arguments."""
+    """A short, bounded representation of a call's arguments, secrets
+    redacted (``DJANGO_ACTORS["REDACT"]``, see :mod:`django_actors.redaction`)."""
+    args, kwargs = redact_call(args, kwargs)
+    if not kwargs and type(args) is tuple and len(args) <= 8:
+        for arg in args:
+            kind = type(arg)
+            if kind not in _PLAIN and (kind is not str or len(arg) > 100):
+                break
+        else:  # the common case: a few numbers and short strings
+            text = ", ".join(map(repr, args))
+            return text if len(text) <= PREVIEW_LENGTH else truncate(text)
     try:
         parts = [_preview_repr.repr(arg) for arg in args]
         parts += [f"{name}={_preview_repr.repr(value)}" for name, value in kwargs.items()]
@@ -108,7 +129,10 @@ def preview_call(args: Iterable[Any], kwargs: dict[str, Any]) -> str:
 
 
 def preview_value(value: Any) -> str:
-    """A short, bounded representation of a result."""
+    """A short, bounded representation of a result, secrets redacted."""
+    value = redact(value)
+    if _plain(value):
+        return repr(value)
     try:
         return truncate(_preview_repr.repr(value))
     except Exception as exc:
@@ -129,25 +153,19 @@ def format_failure(exception: BaseException | None, reason: str | None = None) -
     return ""
 
 
-def _from_millis(value: Any) -> datetime.datetime | None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        return None
+def _from_ms(value: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(value / 1000, tz=datetime.UTC)
-
-
-def _from_seconds(value: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(value, tz=datetime.UTC)
 
 
 # Folding events into rows --------------------------------------------------------------
 
 
 class _Row:
-    """The merged state of one message within a batch of events."""
+    """The merged state of one message within a batch of events (times in epoch ms)."""
 
     __slots__ = (
-        "actor_name", "args_preview", "composition_id", "enqueued_at", "eta", "finished_at", "message_id",
-        "position", "queue_name", "rank", "result_preview", "retries", "root_id", "started_at", "status",
+        "actor_name", "args", "composition_id", "enqueued_ms", "eta_ms", "finished_ms", "kwargs", "message_id",
+        "position", "queue_name", "rank", "result", "result_preview", "retries", "root_id", "started_ms", "status",
         "traceback", "worker",
     )  # fmt: skip
 
@@ -165,69 +183,83 @@ class _Row:
             self.root_id = str(path[0])
             position = membership.get("pos")
             self.position = position if isinstance(position, int) else None
-        retries = options.get("retries", 0)
-        self.retries = retries if isinstance(retries, int) else 0
-        self.args_preview = preview_call(message.args, message.kwargs)
-        self.enqueued_at = _from_millis(message.message_timestamp)
-        self.eta = _from_millis(options.get("eta"))
+        self.retries = 0
+        # Previews are made once per row, when the batch is written.
+        self.args: Any = message.args
+        self.kwargs: Any = message.kwargs
+        self.result: Any = _NO_RESULT
+        self.enqueued_ms = message.message_timestamp
+        eta = options.get("eta")
+        self.eta_ms = eta if type(eta) is int else None
         self.rank = -1
         self.status = ""
         self.result_preview = ""
         self.traceback = ""
-        self.started_at: datetime.datetime | None = None
-        self.finished_at: datetime.datetime | None = None
+        self.started_ms: int | None = None
+        self.finished_ms: int | None = None
         self.worker = ""
 
-    def apply(self, kind: int, when: float, extra: Any, attempt: int, worker: str) -> None:
-        rank = message_rank(kind, attempt)
+    def apply(self, kind: int, when: int, extra: Any, attempt: int, worker: str) -> None:
+        rank = attempt * RANK_STRIDE + _EVENT_RANK[kind] if attempt > 0 else _EVENT_RANK[kind]
         if rank < self.rank:
             return  # an older event (a redelivery): the row already holds a later state
         self.rank = rank
         self.retries = attempt
-        if kind == ENQUEUE:
+        if kind == START:
+            self.status = "started"
+            self.started_ms = when
+            self.finished_ms = None
+            self.worker = worker
+        elif kind == SUCCESS:
+            self.status = "succeeded"
+            self.result = extra
+            self.finished_ms = when
+            self.worker = worker
+        elif kind == ENQUEUE:
             if attempt > 0:
                 self.status = "retrying"
                 # Retries stores the failed attempt's traceback on the retry.
                 self.traceback = str(extra or "")[-TRACEBACK_LENGTH:] or self.traceback
-            elif self.eta is not None and self.eta.timestamp() > when:
+            elif self.eta_ms is not None and self.eta_ms > when:
                 self.status = "delayed"
             else:
                 self.status = "enqueued"
-            return
-        self.worker = worker or self.worker
-        moment = _from_seconds(when)
-        if kind == START:
-            self.status = "started"
-            self.started_at = moment
-            self.finished_at = None
-        elif kind == SUCCESS:
-            self.status = "succeeded"
-            self.result_preview = preview_value(extra)
-            self.finished_at = moment
-        elif kind == ERROR:
-            self.status = "retrying"
-            self.traceback = format_failure(extra)
-            self.finished_at = moment
-        elif kind == SKIP:
-            self.status = "skipped"
-            self.finished_at = moment
-        elif kind == NACK:
-            self.status = "failed"
-            exception, reason = extra
-            self.traceback = format_failure(exception, reason) or self.traceback
-            self.finished_at = moment
+        else:
+            self.finished_ms = when
+            self.worker = worker
+            if kind == ERROR:
+                self.status = "retrying"
+                self.traceback = format_failure(extra)
+            elif kind == SKIP:
+                self.status = "skipped"
+            else:  # NACK
+                self.status = "failed"
+                exception, reason = extra
+                self.traceback = format_failure(exception, reason) or self.traceback
+
+    def values(self, updated: Any) -> tuple[Any, ...]:
+        """The row as the message upsert's parameters."""
+        result = "" if self.result is _NO_RESULT else preview_value(self.result)
+        return (
+            self.message_id, self.actor_name, self.queue_name, self.composition_id, self.root_id, self.position,
+            self.status, self.rank, self.retries, preview_call(self.args, self.kwargs), result, self.traceback,
+            self.enqueued_ms, self.eta_ms, self.started_ms, self.finished_ms, self.worker, updated,
+        )  # fmt: skip
+
+
+_NO_RESULT: Any = object()
 
 
 class _Touch:
-    """What a batch says about one composition."""
+    """What a batch says about one composition (times in epoch ms)."""
 
     __slots__ = ("active", "first", "last", "names", "started")
 
     def __init__(self) -> None:
         self.active = False
-        self.started: float | None = None
-        self.first: float | None = None
-        self.last = 0.0
+        self.started: int | None = None
+        self.first: int | None = None
+        self.last = 0
         self.names: dict[int, str] = {}
 
 
@@ -341,12 +373,11 @@ class Recorder:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         if self._events or self._worker_dirty:
+            # On the caller's own connection, which is left open: it is theirs.
             try:
                 self.flush()
             except Exception:
                 logger.warning("The admin mirror could not write its last events.", exc_info=True)
-            finally:
-                _close_connection(self._alias())
 
     def wake(self) -> None:
         """Ask the flusher to write now."""
@@ -476,49 +507,47 @@ class Recorder:
         rows: dict[str, _Row] = {}
         touched: dict[str, _Touch] = dict(self._recheck)
         fresh: set[str] = set()
-        for kind, message, when, extra in events:
+        minutes: dict[int, list[int]] = {}
+        for kind, message, seconds, extra in events:
+            when = int(seconds * 1000)
             options = message.options
             membership = options.get(OPTION)
+            if type(membership) is not dict:
+                membership = None
             row = rows.get(message.message_id)
             if row is None:
-                row = rows[message.message_id] = _Row(message, membership if isinstance(membership, dict) else None)
+                row = rows[message.message_id] = _Row(message, membership)
             attempt = options.get("retries", 0)
+            if type(attempt) is not int:
+                attempt = 0
             if kind == ENQUEUE:
-                extra = options.get("traceback")
-            row.apply(kind, when, extra, attempt if isinstance(attempt, int) else 0, worker if kind != ENQUEUE else "")
-            if kind == START:
-                self._in_flight += 1
-            elif kind in (SUCCESS, ERROR, SKIP):
-                self._in_flight = max(self._in_flight - 1, 0)
-                self._processed += kind == SUCCESS
-            elif kind == NACK:
-                self._failed += 1
-            if isinstance(membership, dict):
-                path = membership.get("path") or [membership.get("id")]
-                for composition_id in path:
-                    touch = touched.get(composition_id)
-                    if touch is None or composition_id not in fresh:
-                        touch = touched[composition_id] = _Touch()
-                        fresh.add(composition_id)
-                    touch.last = max(touch.last, when)
-                    created = message.message_timestamp / 1000
-                    touch.first = created if touch.first is None else min(touch.first, created)
-                    if kind != ENQUEUE:
-                        touch.active = True
-                        if kind == START:
-                            touch.started = when if touch.started is None else min(touch.started, when)
-                owner = touched.get(row.composition_id or "")
-                if owner is not None and row.position is not None:
-                    owner.names.setdefault(row.position, message.actor_name)
+                row.apply(kind, when, options.get("traceback"), attempt, "")
+            else:
+                row.apply(kind, when, extra, attempt, worker)
+                if kind == START:
+                    self._in_flight += 1
+                elif kind == NACK:
+                    self._failed += 1
+                    minutes.setdefault(when // 60_000, [0, 0])[1] += 1
+                else:
+                    self._in_flight = max(self._in_flight - 1, 0)
+                    if kind == SUCCESS:
+                        self._processed += 1
+                        minutes.setdefault(when // 60_000, [0, 0])[0] += 1
+            if membership is not None:
+                self._touch(touched, fresh, membership, message, row, kind, when)
         self._recheck = {}
         alias = self._alias()
-        close_old_connections()
+        if threading.current_thread() is self._thread:
+            close_old_connections()  # like a request: honours CONN_MAX_AGE
         connection = connections[alias]
         now = datetime.datetime.now(tz=datetime.UTC)
         progress = self._read_progress(touched, fresh)
         with transaction.atomic(using=alias):
             if rows:
                 _upsert_messages(connection, list(rows.values()), now)
+            if minutes:
+                _add_minutes(connection, minutes)
             if progress:
                 self._upsert_compositions(connection, touched, progress, now)
             if heartbeat_due and self._worker is not None:
@@ -526,6 +555,33 @@ class Recorder:
         if heartbeat_due:
             self._last_heartbeat = time.monotonic()
             self._worker_dirty = False
+
+    @staticmethod
+    def _touch(
+        touched: dict[str, _Touch],
+        fresh: set[str],
+        membership: dict[str, Any],
+        message: Message[Any],
+        row: _Row,
+        kind: int,
+        when: int,
+    ) -> None:
+        """Note what an event says about its composition and every enclosing one (times in ms)."""
+        created = message.message_timestamp
+        for composition_id in membership.get("path") or [membership.get("id")]:
+            touch = touched.get(composition_id)
+            if touch is None or composition_id not in fresh:
+                touch = touched[composition_id] = _Touch()
+                fresh.add(composition_id)
+            touch.last = max(touch.last, when)
+            touch.first = created if touch.first is None else min(touch.first, created)
+            if kind != ENQUEUE:
+                touch.active = True
+                if kind == START:
+                    touch.started = when if touch.started is None else min(touch.started, when)
+        owner = touched.get(row.composition_id or "")
+        if owner is not None and row.position is not None:
+            owner.names.setdefault(row.position, message.actor_name)
 
     # Compositions ---------------------------------------------------------------------
 
@@ -615,7 +671,7 @@ class Recorder:
             name = " \u2192 ".join(labels) + (" \u2192 \u2026" if total > 20 else "")
         else:
             name = ", ".join(dict.fromkeys(names[position] for position in sorted(names)))
-        created = _from_seconds(touch.first) if touch.first is not None else None
+        created = _from_ms(touch.first) if touch.first is not None else None
         static = (kind, parent, root, position, total, truncate(name, 255), created)
         self._known[cid] = static
         while len(self._known) > KNOWN_COMPOSITIONS:
@@ -671,10 +727,10 @@ class Recorder:
             else:
                 status = "pending"
             final = status in ("failed", "cancelled", "succeeded")
-            finished = _from_seconds(touch.last) if final and touch.last else (now if final else None)
-            started = _from_seconds(touch.started) if touch.started is not None else None
+            finished = _from_ms(touch.last) if final and touch.last else (now if final else None)
+            started = _from_ms(touch.started) if touch.started is not None else None
             if started is None and status != "pending":
-                started = _from_seconds(touch.last) if touch.last else now
+                started = _from_ms(touch.last) if touch.last else now
             rows.append(
                 (
                     cid,
@@ -768,8 +824,8 @@ def _close_connection(alias: str) -> None:
 
 _MESSAGE_COLUMNS = (
     "message_id", "actor_name", "queue_name", "composition_id", "root_id", "position", "status", "rank",
-    "retries", "args_preview", "result_preview", "traceback", "enqueued_at", "eta", "started_at",
-    "finished_at", "worker", "updated",
+    "retries", "args_preview", "result_preview", "traceback", "enqueued_ms", "eta_ms", "started_ms",
+    "finished_ms", "worker", "updated",
 )  # fmt: skip
 _COMPOSITION_COLUMNS = (
     "id", "kind", "name", "parent_id", "root_id", "position", "total", "completed", "failed", "cancelled",
@@ -817,17 +873,17 @@ def _message_sql(connection: BaseDatabaseWrapper) -> str:
         return f"{table}.{qn(column)}"
 
     replaced = ("actor_name", "queue_name", "composition_id", "root_id", "position", "status", "rank", "retries",
-                "args_preview", "eta", "updated")  # fmt: skip
+                "args_preview", "eta_ms", "updated")  # fmt: skip
     sets = [f"{qn(c)} = {new(c)}" for c in replaced]
     sets += [
         f"{qn(c)} = CASE WHEN {new(c)} <> '' THEN {new(c)} ELSE {old(c)} END"
         for c in ("result_preview", "traceback", "worker")
     ]
     sets += [
-        f"{qn('enqueued_at')} = COALESCE({old('enqueued_at')}, {new('enqueued_at')})",
-        f"{qn('started_at')} = COALESCE({new('started_at')}, {old('started_at')})",
-        f"{qn('finished_at')} = CASE WHEN {new('started_at')} IS NOT NULL THEN {new('finished_at')} "
-        f"ELSE COALESCE({new('finished_at')}, {old('finished_at')}) END",
+        f"{qn('enqueued_ms')} = COALESCE({old('enqueued_ms')}, {new('enqueued_ms')})",
+        f"{qn('started_ms')} = COALESCE({new('started_ms')}, {old('started_ms')})",
+        f"{qn('finished_ms')} = CASE WHEN {new('started_ms')} IS NOT NULL THEN {new('finished_ms')} "
+        f"ELSE COALESCE({new('finished_ms')}, {old('finished_ms')}) END",
     ]
     sql = (
         f"INSERT INTO {table} ({', '.join(qn(c) for c in _MESSAGE_COLUMNS)}) "
@@ -842,29 +898,7 @@ def _message_sql(connection: BaseDatabaseWrapper) -> str:
 def _upsert_messages(connection: BaseDatabaseWrapper, rows: list[_Row], now: datetime.datetime) -> None:
     """Write message rows; a row only replaces a stored one of lower rank."""
     updated = _adapt(connection, now)
-    params = [
-        (
-            row.message_id,
-            row.actor_name,
-            row.queue_name,
-            row.composition_id,
-            row.root_id,
-            row.position,
-            row.status,
-            row.rank,
-            row.retries,
-            row.args_preview,
-            row.result_preview,
-            row.traceback,
-            _adapt(connection, row.enqueued_at),
-            _adapt(connection, row.eta),
-            _adapt(connection, row.started_at),
-            _adapt(connection, row.finished_at),
-            row.worker,
-            updated,
-        )
-        for row in rows
-    ]
+    params = [row.values(updated) for row in rows]
     if supports_upsert(connection):
         with connection.cursor() as cursor:
             cursor.executemany(_message_sql(connection), params)
@@ -885,9 +919,9 @@ def _upsert_messages_fallback(connection: BaseDatabaseWrapper, params: list[tupl
         for column in ("result_preview", "traceback", "worker"):
             if not fields[column]:
                 del fields[column]
-        if fields["started_at"] is None:
-            del fields["started_at"]
-        del fields["enqueued_at"]
+        if fields["started_ms"] is None:
+            del fields["started_ms"]
+        del fields["enqueued_ms"]
         if manager.filter(message_id=message_id, rank__lt=rank).update(**fields):
             continue
         try:
@@ -969,6 +1003,32 @@ def _upsert_compositions(connection: BaseDatabaseWrapper, rows: list[tuple[Any, 
         manager.filter(id=obj.id).update(**changes)
 
 
+def _add_minutes(connection: BaseDatabaseWrapper, minutes: dict[int, list[int]]) -> None:
+    """Add this batch's finished counts to the per-minute rows of the chart."""
+    from django.db.models import F
+
+    from .models.mirror import MinuteStat
+
+    params = [(_adapt(connection, _from_ms(minute * 60_000)), ok, bad) for minute, (ok, bad) in minutes.items()]
+    if supports_upsert(connection):
+        qn = connection.ops.quote_name
+        table = qn(MinuteStat._meta.db_table)
+        sql = (
+            f"INSERT INTO {table} ({qn('minute')}, {qn('succeeded')}, {qn('failed')}) VALUES (%s, %s, %s) "
+            f"ON CONFLICT ({qn('minute')}) DO UPDATE SET "
+            f"{qn('succeeded')} = {table}.{qn('succeeded')} + excluded.{qn('succeeded')}, "
+            f"{qn('failed')} = {table}.{qn('failed')} + excluded.{qn('failed')}"
+        )
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, params)
+        return
+    manager = MinuteStat.objects.using(connection.alias)
+    for minute, (ok, bad) in minutes.items():
+        moment = _from_ms(minute * 60_000)
+        if not manager.filter(minute=moment).update(succeeded=F("succeeded") + ok, failed=F("failed") + bad):
+            manager.create(minute=moment, succeeded=ok, failed=bad)
+
+
 # Pruning ---------------------------------------------------------------------------------
 
 
@@ -986,7 +1046,7 @@ def prune(older_than: datetime.timedelta, *, using: str | None = None) -> dict[s
     from django.db.models import Max
     from django.utils import timezone
 
-    from .models.mirror import Composition, MessageRecord, WorkerRecord
+    from .models.mirror import Composition, MessageRecord, MinuteStat, WorkerRecord
 
     alias = using or router.db_for_write(MessageRecord) or "default"
     cutoff = timezone.now() - older_than
@@ -1005,6 +1065,7 @@ def prune(older_than: datetime.timedelta, *, using: str | None = None) -> dict[s
         MessageRecord.objects.using(alias).filter(root_id__isnull=True, updated__lt=cutoff).delete()[0]
     )
     deleted["workers"] += WorkerRecord.objects.using(alias).filter(heartbeat__lt=cutoff).delete()[0]
+    MinuteStat.objects.using(alias).filter(minute__lt=cutoff).delete()
     return deleted
 
 
@@ -1072,7 +1133,7 @@ def retry_messages(
         # requeued message's events must find a lower rank than theirs.
         reset_rank = record.retries * RANK_STRIDE
         moved = messages.filter(pk=record.pk, rank=record.rank).update(
-            status="enqueued", rank=reset_rank, finished_at=None, updated=_now()
+            status="enqueued", rank=reset_rank, finished_ms=None, updated=_now()
         )
         if not moved:
             continue  # it changed meanwhile: someone else retried it
@@ -1085,7 +1146,7 @@ def retry_messages(
             report.requeued.append(record.pk)
             continue
         messages.filter(pk=record.pk, rank=reset_rank).update(
-            status="failed", rank=record.rank, finished_at=record.finished_at
+            status="failed", rank=record.rank, finished_ms=record.finished_ms
         )
         (report.missing if requeued == 0 else report.errors).append(record.pk)
     if report.reopened:

@@ -17,13 +17,14 @@ from django.utils import timezone
 import django_actors
 from django_actors.broker import set_broker
 from django_actors.composition import group
-from django_actors.models.mirror import Composition, MessageRecord, WorkerRecord
+from django_actors.models.mirror import Composition, MessageRecord, MinuteStat, WorkerRecord
 from django_actors.worker import Worker
 from tests.test_mirror import drain, make_broker, recorder_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 NOW = timezone.now()
+NOW_MS = int(NOW.timestamp() * 1000)
 
 
 def url(name: str, *args: Any) -> str:
@@ -45,7 +46,7 @@ def message(pk: str, **fields: Any) -> MessageRecord:
     fields.setdefault("actor_name", "work")
     fields.setdefault("queue_name", "default")
     fields.setdefault("status", "succeeded")
-    fields.setdefault("enqueued_at", NOW)
+    fields.setdefault("enqueued_ms", NOW_MS)
     return MessageRecord.objects.create(message_id=pk, **fields)
 
 
@@ -71,8 +72,8 @@ def tree() -> dict[str, Any]:
         root_id=pipe.pk,
         position=0,
         result_preview="'page'",
-        started_at=NOW - datetime.timedelta(seconds=2),
-        finished_at=NOW - datetime.timedelta(seconds=1),
+        started_ms=NOW_MS - 2000,
+        finished_ms=NOW_MS - 1000,
     )
     message("m-split-0", actor_name="split", composition=inner, root_id=pipe.pk, position=0, result_preview="1")
     message("m-split-1", actor_name="split", composition=inner, root_id=pipe.pk, position=1, result_preview="2")
@@ -267,7 +268,9 @@ def test_the_dashboard_shows_queues_workers_and_throughput(superuser_client, bro
     WorkerRecord.objects.create(
         worker_id="host-b:11", hostname="host-b", pid=11, heartbeat=NOW - datetime.timedelta(minutes=5)
     )
-    MessageRecord.objects.filter(pk="m-fetch").update(finished_at=timezone.now() - datetime.timedelta(minutes=3))
+    three_minutes_ago = timezone.now().replace(second=0, microsecond=0) - datetime.timedelta(minutes=3)
+    MinuteStat.objects.create(minute=three_minutes_ago, succeeded=1, failed=2)
+    MinuteStat.objects.create(minute=three_minutes_ago - datetime.timedelta(hours=2), succeeded=50)  # too old
     response = superuser_client.get(url("django_actors_dashboard"))
     assert response.status_code == 200
     html = response.content.decode()
@@ -276,7 +279,9 @@ def test_the_dashboard_shows_queues_workers_and_throughput(superuser_client, bro
     assert "host-a:10" in html and "da-status-running" in html
     assert "host-b:11" in html and "da-status-lost" in html
     assert '<svg class="da-chart"' in html and html.count('<rect class="da-chart-ok"') == 60
-    assert "1 succeeded" in html  # the bar of the minute m-fetch finished in
+    assert "1 succeeded, 2 failed" in html  # the bar of that minute
+    cards = re.findall(r'<span class="da-card-value">(\d+)</span>', html)
+    assert cards[2:] == ["1", "2"]  # succeeded and failed in the last hour
     assert url("django_actors_dashboard_fragment") in html
     fragment = superuser_client.get(url("django_actors_dashboard_fragment"))
     assert fragment.status_code == 200 and "<html" not in fragment.content.decode()

@@ -604,3 +604,19 @@ def test_cancelling_a_nested_group_cancels_its_ancestors_but_not_its_siblings(br
     assert cancel_composition(left.id) is True
     statuses = dict(Composition.objects.values_list("pk", "status"))
     assert statuses == {left.id: "cancelled", outer.id: "cancelled", right.id: "pending"}
+
+
+def test_the_flusher_counts_finished_messages_per_minute(broker, worker):
+    from django_actors.models.mirror import MinuteStat
+
+    @django_actors.actor(queue_name="mirror-minutes", max_retries=0)
+    def outcome(ok):
+        if not ok:
+            raise ValueError("no")
+
+    for ok in (True, True, True, False):
+        outcome.send(ok)
+    drain(broker, worker)
+    totals = [(row.succeeded, row.failed) for row in MinuteStat.objects.all()]
+    assert (sum(t[0] for t in totals), sum(t[1] for t in totals)) == (3, 1)
+    assert all(row.minute.second == 0 for row in MinuteStat.objects.all())

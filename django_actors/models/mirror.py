@@ -176,6 +176,13 @@ class Dashboard(Composition):
         default_permissions = ()
 
 
+def from_millis(value: int | None) -> datetime.datetime | None:
+    """An aware UTC datetime from epoch milliseconds."""
+    if value is None:
+        return None
+    return datetime.datetime.fromtimestamp(value / 1000, tz=datetime.UTC)
+
+
 class MessageRecordQuerySet(models.QuerySet["MessageRecord"]):
     """Queries on mirrored messages."""
 
@@ -192,7 +199,7 @@ class MessageRecord(models.Model):
     """One message, as last seen: state, timings, previews and traceback."""
 
     message_id = models.CharField(_("message id"), max_length=64, primary_key=True)
-    actor_name = models.CharField(_("actor"), max_length=255, db_index=True)
+    actor_name = models.CharField(_("actor"), max_length=255)
     queue_name = models.CharField(_("queue"), max_length=128)
     composition = models.ForeignKey(
         Composition,
@@ -201,9 +208,10 @@ class MessageRecord(models.Model):
         blank=True,
         on_delete=models.DO_NOTHING,
         db_constraint=False,
+        db_index=False,  # da_msg_comp_status covers it
         related_name="messages",
     )
-    root_id = models.CharField(_("root composition"), max_length=64, null=True, blank=True, db_index=True)
+    root_id = models.CharField(_("root composition"), max_length=64, null=True, blank=True)
     position = models.IntegerField(_("position"), null=True, blank=True)
     status = models.CharField(_("status"), max_length=16, choices=MessageStatus.choices)
     #: Orders the events of a message (see :mod:`django_actors.mirror`); only grows.
@@ -212,10 +220,13 @@ class MessageRecord(models.Model):
     args_preview = models.TextField(_("arguments"), blank=True)
     result_preview = models.TextField(_("result"), blank=True)
     traceback = models.TextField(_("traceback"), blank=True)
-    enqueued_at = models.DateTimeField(_("enqueued"), null=True, blank=True)
-    eta = models.DateTimeField(_("runs at"), null=True, blank=True)
-    started_at = models.DateTimeField(_("started"), null=True, blank=True)
-    finished_at = models.DateTimeField(_("finished"), null=True, blank=True, db_index=True)
+    # Times in epoch milliseconds, like the messages carry them: a flush
+    # writes them for every message, with no conversion. The ``*_at``
+    # properties give datetimes.
+    enqueued_ms = models.BigIntegerField(_("enqueued (epoch ms)"), null=True, blank=True)
+    eta_ms = models.BigIntegerField(_("runs at (epoch ms)"), null=True, blank=True)
+    started_ms = models.BigIntegerField(_("started (epoch ms)"), null=True, blank=True)
+    finished_ms = models.BigIntegerField(_("finished (epoch ms)"), null=True, blank=True)
     worker = models.CharField(_("worker"), max_length=255, blank=True)
     updated = models.DateTimeField(_("updated"), default=timezone.now, db_index=True)
 
@@ -226,23 +237,74 @@ class MessageRecord(models.Model):
         db_table = "django_actors_mirror_message"
         verbose_name = _("message")
         verbose_name_plural = _("messages")
-        ordering = ("-enqueued_at",)
-        indexes = [models.Index(fields=["composition", "status"], name="da_msg_comp_status")]
+        ordering = ("-updated",)
+        # Few indexes, partial where they can be: every flush writes this
+        # table, and most messages belong to no composition.
+        indexes = [
+            models.Index(
+                fields=["composition", "status"],
+                name="da_msg_comp_status",
+                condition=models.Q(composition__isnull=False),
+            ),
+            models.Index(fields=["root_id"], name="da_msg_root", condition=models.Q(root_id__isnull=False)),
+        ]
 
     def __str__(self) -> str:
         return f"{self.actor_name} {self.message_id}"
 
     @property
+    def enqueued_at(self) -> datetime.datetime | None:
+        """When the message was created."""
+        return from_millis(self.enqueued_ms)
+
+    @property
+    def eta(self) -> datetime.datetime | None:
+        """When a delayed message is due."""
+        return from_millis(self.eta_ms)
+
+    @property
+    def started_at(self) -> datetime.datetime | None:
+        """When its last attempt started."""
+        return from_millis(self.started_ms)
+
+    @property
+    def finished_at(self) -> datetime.datetime | None:
+        """When its last attempt finished."""
+        return from_millis(self.finished_ms)
+
+    @property
     def duration(self) -> datetime.timedelta | None:
         """How long the last attempt ran."""
-        if self.started_at is None or self.finished_at is None:
+        if self.started_ms is None or self.finished_ms is None:
             return None
-        return self.finished_at - self.started_at
+        return datetime.timedelta(milliseconds=self.finished_ms - self.started_ms)
 
     @property
     def can_retry(self) -> bool:
         """Whether the admin can put this message back on its queue."""
         return self.status == MessageStatus.FAILED
+
+
+class MinuteStat(models.Model):
+    """How many messages finished in one minute, for the dashboard's chart.
+
+    Every flusher adds its counts to the minute's row (an upsert), so the
+    chart reads 60 small rows instead of scanning the messages.
+    """
+
+    minute = models.DateTimeField(_("minute"), primary_key=True)
+    succeeded = models.BigIntegerField(_("succeeded"), default=0)
+    failed = models.BigIntegerField(_("failed"), default=0)
+
+    class Meta:
+        app_label = "django_actors"
+        db_table = "django_actors_mirror_minute"
+        verbose_name = _("minute of throughput")
+        verbose_name_plural = _("minutes of throughput")
+        ordering = ("minute",)
+
+    def __str__(self) -> str:
+        return f"{self.minute:%Y-%m-%d %H:%M}: {self.succeeded} succeeded, {self.failed} failed"
 
 
 class WorkerRecord(models.Model):
@@ -290,5 +352,6 @@ __all__ = [
     "Dashboard",
     "MessageRecord",
     "MessageStatus",
+    "MinuteStat",
     "WorkerRecord",
 ]
