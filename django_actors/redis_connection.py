@@ -10,12 +10,20 @@ Both take the same three ways to reach Redis, exactly one of them:
 
 With none of them, ``redis://127.0.0.1:6379/0`` (or the keyword options, as
 ``host=``/``port=``/``db=``) is used, as dramatiq does.
+
+Lua scripts, which carry every hot operation (enqueue, fetch, ack, storing
+a result), run through a *lane* (:class:`Lane`): connections of the same
+client kept in a plain list, one command at a time. That skips redis-py's
+per-command pool bookkeeping (a lock, a readability poll of the socket and
+metrics on every checkout), which costs more than the round trip itself on
+loopback. Everything else goes through the client.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -103,6 +111,7 @@ class RedisConnection:
         self._lock_pid = os.getpid()
         self._client: redis.Redis | None = None
         self._pid = 0
+        self._lane: tuple[redis.Redis, Lane | None] | None = None
         #: Whether the client was built here (and may be closed here).
         self.owns_client = client is None and cache is None
         if client is not None:
@@ -149,6 +158,25 @@ class RedisConnection:
                 self._pid = pid
             return self._client
 
+    def lane(self) -> Lane | None:
+        """The lane of this process's client, or ``None`` when its pool is
+        not a plain redis-py pool (client-side caching, say)."""
+        client = self.client
+        bound = self._lane
+        if bound is not None and bound[0] is client:
+            return bound[1]
+        with self._lock:
+            bound = self._lane
+            if bound is None or bound[0] is not client:
+                bound = (client, Lane.for_client(client))
+                self._lane = bound
+            return bound[1]
+
+    def register_script(self, source: str) -> LaneScript:
+        """Bind a Lua script to this process's client; it runs through the lane."""
+        client = self.client
+        return LaneScript(client.register_script(source), self.lane())
+
     @property
     def socket_timeout(self) -> float | None:
         """The client's read timeout in seconds (``None``: no timeout)."""
@@ -177,9 +205,128 @@ class RedisConnection:
         with self._lock:
             client, self._client = self._client, None
             mine = self._pid == os.getpid()
+            bound, self._lane = self._lane, None
+        if bound is not None and bound[1] is not None:
+            bound[1].close()
         if client is not None and self.owns_client and mine:
             client.close()
             client.connection_pool.disconnect()
+
+
+class Lane:
+    """Connections of one client, each used for one command at a time.
+
+    A connection is taken from a list, used for one command and its reply,
+    and put back, with no lock: ``list.pop`` and ``list.append`` are atomic.
+    A connection is put back only when its reply was read in full; after
+    any other outcome (a lost connection, an exception that interrupted the
+    command) it is closed, so no reply can ever be read by the wrong caller.
+    The connections are made with the client pool's own class and options
+    (so Sentinel, TLS and authentication work as for the client); there are
+    as many as commands ever ran at once. After a fork the child starts with
+    none of the parent's.
+
+    Parameters:
+      pool: the client's connection pool.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self.pool = pool
+        self._idle: list[Any] = []
+        self._pid = os.getpid()
+        self._closed = False
+
+    @classmethod
+    def for_client(cls, client: redis.Redis) -> Lane | None:
+        """A lane for ``client``, or ``None`` when its pool is not a plain one."""
+        pool = getattr(client, "connection_pool", None)
+        if not isinstance(pool, redis.ConnectionPool) or getattr(pool, "cache", None) is not None:
+            return None
+        return cls(pool)
+
+    def execute(self, *args: Any) -> Any:
+        """Send one command and return its reply, unparsed.
+
+        Raises:
+          redis.exceptions.ResponseError: Redis answered with an error.
+          redis.exceptions.ConnectionError, TimeoutError: as redis-py does.
+        """
+        if self._pid != os.getpid():  # a forked child: never touch the parent's sockets
+            self._idle, self._pid = [], os.getpid()
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            connection = self.pool.connection_class(**self.pool.connection_kwargs)
+        else:
+            if _unusable(connection):
+                # Closed by the server while idle (a Redis restart, an idle
+                # timeout): reconnect before sending, as redis-py's pool does.
+                connection.disconnect()
+        clean = False
+        try:
+            connection.send_packed_command(connection.pack_command(*args), check_health=False)
+            try:
+                reply = connection.read_response()
+            except redis.exceptions.ResponseError:
+                clean = True  # the error reply was read in full
+                raise
+            clean = True
+            return reply
+        finally:
+            if clean and not self._closed:
+                self._idle.append(connection)
+            else:
+                connection.disconnect()
+
+    def close(self) -> None:
+        """Close the idle connections; busy ones are closed when they come back."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        if self._pid == os.getpid():
+            for connection in idle:
+                connection.disconnect()
+
+
+def _unusable(connection: Any) -> bool:
+    """Whether an idle connection was closed by the server or holds stray
+    data: it is readable (one ``poll``), while no reply is pending on it."""
+    sock = getattr(connection, "_sock", None)
+    if sock is None:
+        return False  # not connected: it connects when used
+    if not hasattr(select, "poll"):  # Windows: redis-py's own check
+        try:
+            return bool(connection.can_read())
+        except Exception:
+            return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
+class LaneScript:
+    """A Lua script run with ``EVALSHA`` through a :class:`Lane` (through the
+    client when there is none), loaded again if Redis lost it.
+
+    Called as redis-py's ``Script``: ``script(keys=[...], args=[...])``.
+    """
+
+    def __init__(self, script: Any, lane: Lane | None) -> None:
+        self.script = script
+        self.lane = lane
+
+    def __call__(self, keys: Any = (), args: Any = ()) -> Any:
+        lane = self.lane
+        if lane is None:
+            return self.script(keys=keys, args=args)
+        script = self.script
+        try:
+            return lane.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            # Not run (a restarted Redis, SCRIPT FLUSH): load it and run it once more.
+            script.sha = lane.execute("SCRIPT", "LOAD", script.script)
+            if isinstance(script.sha, bytes):
+                script.sha = script.sha.decode()
+            return lane.execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 def client_for_cache(alias: str) -> redis.Redis:

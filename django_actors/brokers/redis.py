@@ -450,20 +450,21 @@ class QueueStats:
 
 
 class _Scripts:
-    """The broker's Lua scripts, bound to one client."""
+    """The broker's Lua scripts, bound to the connection's current client
+    (they run through its lane)."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        self.enqueue = client.register_script(_ENQUEUE)
-        self.fetch = client.register_script(_FETCH)
-        self.ack = client.register_script(_ACK)
-        self.nack = client.register_script(_NACK)
-        self.requeue = client.register_script(_REQUEUE)
-        self.resync = client.register_script(_RESYNC)
-        self.heartbeat = client.register_script(_HEARTBEAT)
-        self.stats = client.register_script(_STATS)
-        self.flush = client.register_script(_FLUSH)
-        self.dead = client.register_script(_DEAD)
-        self.list_dead = client.register_script(_LIST_DEAD)
+    def __init__(self, connection: RedisConnection) -> None:
+        self.enqueue = connection.register_script(_ENQUEUE)
+        self.fetch = connection.register_script(_FETCH)
+        self.ack = connection.register_script(_ACK)
+        self.nack = connection.register_script(_NACK)
+        self.requeue = connection.register_script(_REQUEUE)
+        self.resync = connection.register_script(_RESYNC)
+        self.heartbeat = connection.register_script(_HEARTBEAT)
+        self.stats = connection.register_script(_STATS)
+        self.flush = connection.register_script(_FLUSH)
+        self.dead = connection.register_script(_DEAD)
+        self.list_dead = connection.register_script(_LIST_DEAD)
 
 
 class _ProcessState:
@@ -542,7 +543,7 @@ class RedisBroker(Broker):
         client = self.client
         bound = self._scripts_for
         if bound is None or bound[0] != id(client):
-            bound = (id(client), _Scripts(client))
+            bound = (id(client), _Scripts(self.connection))
             self._scripts_for = bound
         return bound[1]
 

@@ -1,0 +1,220 @@
+"""Tests for the Redis lane (the hot path of the Redis broker and results
+backend) and the send() path's shortcuts, against a real redis-server."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import uuid
+
+import pytest
+import redis
+
+from django_actors import ConnectionClosed, actor
+from django_actors.message import generate_unique_id
+from django_actors.middleware import Middleware
+from django_actors.middleware.time_limit import raise_in_thread
+from django_actors.redis_connection import Lane, LaneScript, RedisConnection
+
+from .redis_helpers import make_broker, wait_for
+
+pytestmark = pytest.mark.redis
+
+
+class Interrupted(BaseException):
+    """Raised asynchronously in a thread, as a time limit would be."""
+
+
+@pytest.fixture
+def connection(redis_url):
+    made = RedisConnection(url=redis_url)
+    yield made
+    made.close()
+
+
+def _client_ids(redis_client):
+    return {int(entry["id"]) for entry in redis_client.client_list()}
+
+
+def test_scripts_run_through_the_lane_and_survive_a_script_flush(redis_url, redis_client):
+    broker = make_broker(redis_url)
+    try:
+
+        @actor(broker=broker, actor_name="flushed")
+        def flushed(n):
+            pass
+
+        flushed.send(1)
+        redis_client.script_flush()  # as after a Redis restart
+        flushed.send(2)
+        consumer = broker.consume("default", prefetch=10, timeout=100)
+        assert sorted(proxy.args[0] for proxy in consumer.fetch(10)) == [1, 2]
+        lane = broker.connection.lane()
+        assert lane is not None and lane._idle  # the scripts ran on the lane's connections
+    finally:
+        broker.close()
+
+
+def test_an_idle_connection_closed_by_the_server_is_replaced_before_use(connection, redis_client):
+    lane = connection.lane()
+    assert lane is not None
+    first = lane.execute("CLIENT", "ID")
+    redis_client.client_kill_filter(_id=first)  # as a Redis restart or idle timeout would
+    wait_for(lambda: first not in _client_ids(redis_client), what="the kill")
+    second = lane.execute("CLIENT", "ID")  # not a "connection closed" error
+    assert second != first
+
+
+def test_a_timed_out_command_never_leaves_its_reply_to_the_next_one(redis_url, redis_client):
+    connection = RedisConnection(url=redis_url, options={"socket_timeout": 0.2})
+    try:
+        lane = connection.lane()
+        assert lane is not None
+        with pytest.raises(redis.exceptions.TimeoutError):
+            lane.execute("BLPOP", "lane:list", 2)
+        redis_client.rpush("lane:list", b"value")
+        assert lane.execute("PING") in (b"PONG", True)
+        assert redis_client.lrange("lane:list", 0, -1) == [b"value"]  # the abandoned BLPOP took nothing
+    finally:
+        connection.close()
+
+
+def test_a_command_interrupted_mid_way_closes_its_connection(connection, redis_client):
+    lane = connection.lane()
+    assert lane is not None
+    lane.execute("PING")
+    [before] = lane._idle
+    outcome: list[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            lane.execute("BLPOP", "lane:wake", 5)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=blocked)
+    thread.start()
+    wait_for(lambda: any(c.get("cmd") == "blpop" for c in redis_client.client_list()), what="the BLPOP")
+    # The interruption lands as soon as the thread is back in Python: after
+    # the reply arrived on the socket, before it was handed to the caller.
+    assert raise_in_thread(thread.ident, Interrupted)
+    redis_client.rpush("lane:wake", b"token")
+    thread.join(5)
+    assert outcome and isinstance(outcome[0], Interrupted)
+    assert before not in lane._idle or before._sock is None
+    assert lane.execute("ECHO", "mine") == b"mine"  # not the BLPOP's reply
+
+
+def test_concurrent_commands_use_separate_connections(connection):
+    lane = connection.lane()
+    assert lane is not None
+    errors: list[BaseException] = []
+
+    def echo(n: int) -> None:
+        try:
+            for i in range(200):
+                assert lane.execute("ECHO", f"{n}:{i}") == f"{n}:{i}".encode()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=echo, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors
+    assert 1 <= len(lane._idle) <= 8
+
+
+def test_close_disconnects_the_lane(redis_url, redis_client):
+    connection = RedisConnection(url=redis_url)
+    lane = connection.lane()
+    assert lane is not None
+    client_id = lane.execute("CLIENT", "ID")
+    assert client_id in _client_ids(redis_client)
+    connection.close()
+    wait_for(lambda: client_id not in _client_ids(redis_client), what="the lane's connection to close")
+    assert connection.lane() is not lane  # a new client and lane after close
+
+
+def _child_ids(connection, out):
+    lane = connection.lane()
+    out.put((lane.execute("CLIENT", "ID"), len(lane._idle)))
+
+
+def test_a_forked_child_never_uses_the_parents_connections(connection):
+    lane = connection.lane()
+    parent_id = lane.execute("CLIENT", "ID")
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    child = context.Process(target=_child_ids, args=(connection, out))
+    child.start()
+    child_id, idle_in_child = out.get(timeout=20)
+    child.join(10)
+    assert child.exitcode == 0
+    assert child_id != parent_id and idle_in_child == 1
+    assert lane.execute("CLIENT", "ID") == parent_id  # the parent's connection still works
+
+
+def test_a_caching_client_gets_no_lane_and_scripts_go_through_the_client(redis_client):
+    try:
+        from redis.cache import CacheConfig
+    except ImportError:  # redis-py without client-side caching
+        pass
+    else:
+        caching = redis.Redis(protocol=3, cache_config=CacheConfig())
+        assert Lane.for_client(caching) is None  # its pool wraps connections in a cache
+    script = LaneScript(redis_client.register_script("return ARGV[1]"), None)
+    assert script(keys=["k"], args=["through the client"]) == b"through the client"
+
+
+def test_send_to_an_unreachable_redis_is_connection_closed():
+    from django_actors.brokers.redis import RedisBroker
+
+    broker = RedisBroker(url="redis://127.0.0.1:1/0", middleware=[])
+
+    @actor(broker=broker, actor_name="nowhere")
+    def nowhere():
+        pass
+
+    with pytest.raises(ConnectionClosed, match="enqueueing to 'default'"):
+        nowhere.send()
+    broker.close()
+
+
+def test_enqueue_hooks_run_and_stop_the_send(redis_url):
+    seen: list[str] = []
+
+    class Veto(Middleware):
+        def before_enqueue(self, broker, message, delay):
+            seen.append("before")
+            if message.args == (13,):
+                raise ValueError("unlucky")
+
+        def after_enqueue(self, broker, message, delay):
+            seen.append("after")
+
+    broker = make_broker(redis_url)
+    broker.add_middleware(Veto())
+    try:
+
+        @actor(broker=broker, actor_name="vetoed", queue_name="fresh")
+        def vetoed(n):
+            pass
+
+        vetoed.send(1)
+        with pytest.raises(ValueError, match="unlucky"):
+            vetoed.send(13)
+        assert seen == ["before", "after", "before"]
+        assert broker.stats("fresh").ready == 1
+        assert "fresh" in broker.get_declared_queues()
+    finally:
+        broker.close()
+
+
+def test_message_ids_are_random_uuid4_strings():
+    ids = {generate_unique_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in list(ids)[:200]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
