@@ -110,15 +110,17 @@ class Actor(Generic[P, R]):
         **options: Any,
     ) -> Message[R]:
         """Build a message with per-message options, without sending it."""
-        for name in ("delay",):
-            if name in options:
-                raise TypeError(f"{name!r} is an argument of send_with_options, not a message option.")
-        for name in _CALLBACK_OPTIONS:
-            value = options.get(name)
-            if isinstance(value, Actor):
-                options[name] = value.actor_name  # messages carry names, not objects
-            elif value is not None and not isinstance(value, str):
-                raise TypeError(f"Option {name!r} must be an actor or an actor name, not {type(value).__name__}.")
+        if options:
+            if "delay" in options:
+                raise TypeError("'delay' is an argument of send_with_options, not a message option.")
+            for name in _CALLBACK_OPTIONS:
+                value = options.get(name)
+                if isinstance(value, Actor):
+                    options[name] = value.actor_name  # messages carry names, not objects
+                elif value is not None and not isinstance(value, str):
+                    raise TypeError(
+                        f"Option {name!r} must be an actor or an actor name, not {type(value).__name__}."
+                    )
         return Message(
             queue_name=self.queue_name,
             actor_name=self.actor_name,

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .errors import ActorNotFound, DjangoActorsError
+from .errors import ActorNotFound, DjangoActorsError, MessageTooLarge
 from .message import Message, current_millis
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ class NoResultsBackend(DjangoActorsError, RuntimeError):
 
 def validate_queue_name(queue_name: object) -> str:
     """Return ``queue_name`` if it is a valid queue name, else raise ``ValueError``."""
-    if not isinstance(queue_name, str) or not QUEUE_NAME_RE.match(queue_name):
+    if not isinstance(queue_name, str) or not QUEUE_NAME_RE.fullmatch(queue_name):  # "$" allows a final "\n"
         raise ValueError(
             f"Invalid queue name {queue_name!r}: use 1 to 128 letters, digits, "
             "'_', '-' or '.'."
@@ -256,27 +256,33 @@ class Broker:
         Every message is encoded before any is sent: if one cannot be encoded,
         none is enqueued.
         """
-        from .errors import MessageTooLarge
-
         prepared: list[tuple[Message[Any], bytes]] = []
         eta = current_millis() + delay if delay else None
+        # The send() path: hooks looked up once, the declared queues read once.
+        before = self._hooks.get("before_enqueue")
+        declared = self.get_declared_queues()
+        limit = self.max_message_size
         for message in messages:
             if eta is not None:
                 message = message.copy(options={**message.options, "eta": eta})
-            self.emit_before("enqueue", message, delay)
-            if message.queue_name not in self.get_declared_queues():
+            if before:
+                for hook in before:
+                    hook(self, message, delay)
+            if message.queue_name not in declared:
                 self.declare_queue(message.queue_name)
+                declared = self.get_declared_queues()
             data = message.encode()
-            if len(data) > self.max_message_size:
+            if len(data) > limit:
                 raise MessageTooLarge(
                     f"Message for actor {message.actor_name!r} is {len(data)} bytes encoded, "
-                    f"over the limit of {self.max_message_size} bytes."
+                    f"over the limit of {limit} bytes."
                 )
             prepared.append((message, data))
         if prepared:
             self._enqueue_many(prepared, eta)
-        for message, _ in prepared:
-            self.emit_after("enqueue", message, delay)
+        if self._hooks.get("after_enqueue"):
+            for message, _ in prepared:
+                self.emit_after("enqueue", message, delay)
         return [message for message, _ in prepared]
 
     def _enqueue_many(self, items: list[tuple[Message[Any], bytes]], eta: int | None) -> None:

@@ -132,18 +132,19 @@ end
 
 # KEYS: ready, msgs, delayed, notify, seq, queues
 # ARGV: queue name, eta ('' = now), then (priority, payload) pairs
-_ENQUEUE = _LUA_PRELUDE + """
+# Self-contained (no prelude to set up): it runs for every send().
+_ENQUEUE = """
 local n = (#ARGV - 2) / 2
 local last = redis.call('incrby', KEYS[5], n)
 local eta = ARGV[2]
 local fields, scores = {}, {}
-for i = 0, n - 1 do
-  local priority = ARGV[3 + 2 * i]
-  local member = member_for(last - n + 1 + i, priority)
-  fields[#fields + 1] = member
-  fields[#fields + 1] = ARGV[4 + 2 * i]
-  if eta == '' then scores[#scores + 1] = priority else scores[#scores + 1] = eta end
-  scores[#scores + 1] = member
+for i = 1, n do
+  local priority = ARGV[1 + 2 * i]
+  local member = string.format('%016d:%s', last - n + i, priority)
+  fields[2 * i - 1] = member
+  fields[2 * i] = ARGV[2 + 2 * i]
+  if eta == '' then scores[2 * i - 1] = priority else scores[2 * i - 1] = eta end
+  scores[2 * i] = member
 end
 redis.call('hset', KEYS[2], unpack(fields))
 if eta == '' then
@@ -151,15 +152,14 @@ if eta == '' then
   -- Consumers block only after finding the queue empty, and a fetch that
   -- leaves messages behind wakes the next one: a token is needed only when
   -- the queue was empty until now.
-  if redis.call('zcard', KEYS[1]) == n then
-    notify(KEYS[4])
-    redis.call('sadd', KEYS[6], ARGV[1])
-  end
+  if redis.call('zcard', KEYS[1]) ~= n then return n end
 else
   redis.call('zadd', KEYS[3], unpack(scores))
-  notify(KEYS[4])  -- waiting consumers recompute when the next message is due
-  redis.call('sadd', KEYS[6], ARGV[1])
+  -- always: waiting consumers recompute when the next message is due
 end
+redis.call('lpush', KEYS[4], '1')
+redis.call('ltrim', KEYS[4], 0, 0)
+redis.call('sadd', KEYS[6], ARGV[1])
 return n
 """
 
@@ -525,6 +525,7 @@ class RedisBroker(Broker):
         self.heartbeat_timeout = heartbeat_timeout
         self.dead_message_ttl = dead_message_ttl
         self._queues: set[str] = set()
+        self._enqueue_keys_cache: dict[str, list[str]] = {}
         self._state_lock = threading.Lock()
         self._state = _ProcessState()
         self._scripts_for: tuple[int, _Scripts] | None = None
@@ -591,12 +592,9 @@ class RedisBroker(Broker):
         actor = self.actors.get(message.actor_name)
         return actor.priority if actor is not None else 0
 
-    def _enqueue_many(self, items: list[tuple[Message[Any], bytes]], eta: int | None) -> None:
-        by_queue: dict[str, list[Any]] = defaultdict(list)
-        for message, data in items:
-            by_queue[message.queue_name].append((self._priority(message), data))
-        scripts = self.scripts
-        for queue_name, entries in by_queue.items():
+    def _enqueue_keys(self, queue_name: str) -> list[str]:
+        keys = self._enqueue_keys_cache.get(queue_name)
+        if keys is None:
             keys = [
                 self._queue_key(queue_name),
                 self._queue_key(queue_name, "msgs"),
@@ -605,29 +603,40 @@ class RedisBroker(Broker):
                 self._key("seq"),
                 self._key("queues"),
             ]
+            self._enqueue_keys_cache[queue_name] = keys
+        return keys
+
+    def _enqueue_many(self, items: list[tuple[Message[Any], bytes]], eta: int | None) -> None:
+        script = self.scripts.enqueue
+        when: Any = "" if eta is None else eta
+        if len(items) == 1:  # send(): one message, nothing to group
+            message, data = items[0]
+            queue_name = message.queue_name
+            try:
+                script(keys=self._enqueue_keys(queue_name), args=[queue_name, when, self._priority(message), data])
+            except CONNECTION_ERRORS as exc:
+                raise ConnectionClosed(
+                    f"Redis connection lost while enqueueing to {queue_name!r}: {type(exc).__name__}: {exc}"
+                ) from exc
+            return
+        by_queue: dict[str, list[Any]] = defaultdict(list)
+        for message, data in items:
+            by_queue[message.queue_name].append((self._priority(message), data))
+        for queue_name, entries in by_queue.items():
+            keys = self._enqueue_keys(queue_name)
             for start in range(0, len(entries), ENQUEUE_CHUNK):
-                args: list[Any] = [queue_name, "" if eta is None else eta]
+                args: list[Any] = [queue_name, when]
                 for priority, data in entries[start : start + ENQUEUE_CHUNK]:
                     args += (priority, data)
                 with translate_errors(f"enqueueing to {queue_name!r}"):
-                    scripts.enqueue(keys=keys, args=args)
+                    script(keys=keys, args=args)
 
     def put_raw(self, queue_name: str, data: bytes, *, priority: int = 0) -> None:
         """Put raw bytes on a queue, bypassing encoding and checks (for tests
         and tools that feed other producers' payloads)."""
         validate_queue_name(queue_name)
         self.declare_queue(queue_name)
-        self.scripts.enqueue(
-            keys=[
-                self._queue_key(queue_name),
-                self._queue_key(queue_name, "msgs"),
-                self._queue_key(queue_name, "delayed"),
-                self._queue_key(queue_name, "notify"),
-                self._key("seq"),
-                self._key("queues"),
-            ],
-            args=[queue_name, "", priority, data],
-        )
+        self.scripts.enqueue(keys=self._enqueue_keys(queue_name), args=[queue_name, "", priority, data])
 
     # Consuming ----------------------------------------------------------------------
 
