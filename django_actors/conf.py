@@ -9,6 +9,10 @@ into a broker.
         "MIDDLEWARE": [...],          # dotted paths or (path, kwargs)
         "DISCOVER": ["actors"],       # modules imported from each installed app
         "DISCOVER_IGNORE": [],        # app labels or names to skip
+        "MAX_MESSAGE_SIZE": 4194304,  # bytes, checked at send and at receive
+        "SIGNING_KEY": "...",         # sign messages and results (HMAC-SHA256); see signing.py
+        "SIGNING_KEY_FALLBACKS": [],  # older keys still accepted, while rotating
+        "REDACT": ["password", ...],  # argument names hidden in the admin's previews
     }
 
 With no setting at all, the broker and the results backend are the
@@ -48,7 +52,11 @@ DEFAULT_MIDDLEWARE: tuple[str, ...] = (
 
 TOP_LEVEL_KEYS = frozenset(
     {"BROKER", "RESULTS", "MIDDLEWARE", "DISCOVER", "DISCOVER_IGNORE", "ENCODER", "MAX_MESSAGE_SIZE", "MIRROR"}
+    | {"SIGNING_KEY", "SIGNING_KEY_FALLBACKS", "REDACT"}
 )
+#: Argument and result keys whose values previews hide (``REDACT``): a key
+#: containing one of these (case-insensitive) is redacted.
+DEFAULT_REDACT: tuple[str, ...] = ("password", "token", "secret", "api_key", "authorization")
 BACKEND_KEYS = frozenset({"BACKEND", "OPTIONS"})
 RESULTS_KEYS = BACKEND_KEYS | {"STORE_RESULTS", "RESULT_TTL"}
 MIRROR_KEYS = frozenset({"ENABLED", "FLUSH_INTERVAL", "RETENTION"})
@@ -89,6 +97,10 @@ class ActorsSettings:
     encoder: str | None
     max_message_size: int | None
     mirror: MirrorConfig = dataclasses.field(default_factory=MirrorConfig)
+    #: Signs and verifies every payload when set (see :mod:`django_actors.signing`).
+    signing_key: str | None = None
+    signing_key_fallbacks: tuple[str, ...] = ()
+    redact: tuple[str, ...] = DEFAULT_REDACT
 
 
 def _backend(key: str, value: Any, allowed: frozenset[str]) -> BackendConfig:
@@ -187,6 +199,14 @@ def parse_settings(raw: Any) -> ActorsSettings:
     max_size = raw.get("MAX_MESSAGE_SIZE")
     if max_size is not None and (not isinstance(max_size, int) or isinstance(max_size, bool) or max_size <= 0):
         raise ImproperlyConfigured("DJANGO_ACTORS['MAX_MESSAGE_SIZE'] must be a positive int (bytes).")
+    signing_key = raw.get("SIGNING_KEY")
+    if signing_key is not None and (not isinstance(signing_key, str) or not signing_key):
+        raise ImproperlyConfigured("DJANGO_ACTORS['SIGNING_KEY'] must be a non-empty string.")
+    fallbacks = _strings("SIGNING_KEY_FALLBACKS", raw.get("SIGNING_KEY_FALLBACKS", []))
+    if fallbacks and signing_key is None:
+        raise ImproperlyConfigured("DJANGO_ACTORS['SIGNING_KEY_FALLBACKS'] needs a SIGNING_KEY.")
+    if not all(fallbacks):
+        raise ImproperlyConfigured("DJANGO_ACTORS['SIGNING_KEY_FALLBACKS'] must not hold an empty key.")
     return ActorsSettings(
         broker=broker,
         results=results,
@@ -198,6 +218,9 @@ def parse_settings(raw: Any) -> ActorsSettings:
         encoder=encoder,
         max_message_size=max_size,
         mirror=_mirror(raw.get("MIRROR", {})),
+        signing_key=signing_key,
+        signing_key_fallbacks=fallbacks,
+        redact=_strings("REDACT", raw.get("REDACT", DEFAULT_REDACT)),
     )
 
 
@@ -230,11 +253,31 @@ def load_class(path: str, what: str, base: type) -> Any:
     return loaded
 
 
+def configure_encoder(config: ActorsSettings | None = None) -> None:
+    """Install the encoder the settings name (``ENCODER``), wrapped in a
+    :class:`~django_actors.signing.SigningEncoder` when ``SIGNING_KEY`` is
+    set. Without either, the global encoder is left as it is."""
+    from .encoder import Encoder, JSONEncoder, set_encoder
+
+    config = config or get_settings()
+    if not (config.encoder or config.signing_key):
+        return
+    encoder: Encoder = (
+        load_class(config.encoder, "DJANGO_ACTORS['ENCODER']", Encoder)() if config.encoder else JSONEncoder()
+    )
+    if config.signing_key:
+        from .signing import SigningEncoder
+
+        encoder = SigningEncoder(config.signing_key, fallback_keys=config.signing_key_fallbacks, inner=encoder)
+    set_encoder(encoder)
+
+
 def build_results_backend(config: ActorsSettings | None = None) -> ResultBackend | None:
     """Build the results backend named in settings, or ``None``."""
     from .results.backend import ResultBackend
 
     config = config or get_settings()
+    configure_encoder(config)
     if config.results is None:
         return None
     cls = load_class(config.results.backend, "DJANGO_ACTORS['RESULTS']['BACKEND']", ResultBackend)
@@ -293,11 +336,9 @@ def build_broker(config: ActorsSettings | None = None) -> Broker:
       ImproperlyConfigured: a path cannot be imported or options are wrong.
     """
     from .broker import Broker
-    from .encoder import Encoder, set_encoder
 
     config = config or get_settings()
-    if config.encoder:
-        set_encoder(load_class(config.encoder, "DJANGO_ACTORS['ENCODER']", Encoder)())
+    configure_encoder(config)
     cls = load_class(config.broker.backend, "DJANGO_ACTORS['BROKER']['BACKEND']", Broker)
     options = dict(config.broker.options)
     if config.max_message_size:

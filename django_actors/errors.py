@@ -69,8 +69,9 @@ class MessageTooLarge(DjangoActorsError):
     """Raised when an encoded message exceeds the configured size limit."""
 
 
-class InvalidSignature(DjangoActorsError):
-    """Raised when a signed message fails verification."""
+class InvalidSignature(DecodeError):
+    """Raised when a message is unsigned or its signature does not verify
+    (signing is on). A :class:`DecodeError`, so brokers dead-letter it."""
 
 
 class RateLimitExceeded(DjangoActorsError):

@@ -33,10 +33,11 @@ import signal
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any
+
+from .redaction import mask_url as mask_url  # re-exported: it used to live here
 
 logger = logging.getLogger(__name__)
 
@@ -90,31 +91,6 @@ class SupervisorOptions:
 
 class PidFileError(RuntimeError):
     """The pid file names a supervisor that is still running, or cannot be written."""
-
-
-def mask_url(url: str) -> str:
-    """Return ``url`` with its password (in the authority or the query) replaced by ``***``."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        user, has_password, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if has_password else f"{userinfo}@{host}"
-    pairs = []
-    for pair in parts.query.split("&") if parts.query else []:
-        key, has_value, _ = pair.partition("=")
-        secret = urllib.parse.unquote_plus(key).lower() in {"password", "pass", "pwd"}
-        pairs.append(f"{key}=***" if secret and has_value else pair)
-    separator = "://" if url.startswith(f"{parts.scheme}://") else ":"
-    masked = f"{parts.scheme}{separator}{netloc}{parts.path}" if parts.scheme else f"{netloc}{parts.path}"
-    if pairs:
-        masked += "?" + "&".join(pairs)
-    if parts.fragment:
-        masked += "#" + parts.fragment
-    return masked
 
 
 def describe_backend(backend: str, options: Mapping[str, Any]) -> str:

@@ -82,6 +82,7 @@ from ..broker import Broker, Consumer, MessageProxy, validate_queue_name
 from ..encoder import get_encoder
 from ..errors import ConnectionClosed, DecodeError, MessageTooLarge, QueueJoinTimeout, QueueNotFound
 from ..message import Message, current_millis
+from ..redaction import mask_url
 from ..redis_connection import CONNECTION_ERRORS, RedisConnection, translate_errors
 
 logger = logging.getLogger(__name__)
@@ -834,7 +835,14 @@ class RedisBroker(Broker):
         self._scripts_for = None
 
     def __repr__(self) -> str:
-        return f"<RedisBroker namespace={self.namespace!r}>"
+        connection = self.connection
+        if connection.url is not None:
+            where = mask_url(connection.url)
+        elif connection.cache is not None:
+            where = f"cache={connection.cache!r}"
+        else:
+            where = connection.describe()  # host, port and db: never the password
+        return f"<RedisBroker {where} namespace={self.namespace!r}>"
 
 
 def _text(value: Any) -> str:
