@@ -48,7 +48,7 @@ class JSONEncoder(Encoder):
         try:
             text = data.decode("utf-8") if isinstance(data, bytes | bytearray | memoryview) else data
             value = self._decoder.decode(text)
-        except (UnicodeDecodeError, ValueError, TypeError) as exc:
+        except (UnicodeDecodeError, ValueError, TypeError, RecursionError) as exc:  # RecursionError: nested too deep
             raise DecodeError(f"payload is not valid JSON: {exc}", data, exc) from exc
         if not isinstance(value, dict):
             raise DecodeError(f"payload is JSON but not an object: {type(value).__name__}", data)

@@ -63,11 +63,24 @@ class Message(Generic[R]):
         Raises:
           DecodeError: the payload is not a message; its text names the problem.
         """
-        return cls.from_dict(get_encoder().decode(data), raw=data)
+        try:
+            fields = get_encoder().decode(data)
+        except DecodeError:
+            raise
+        except Exception as exc:  # a custom encoder's own error: still a decode error
+            raise DecodeError(f"payload cannot be decoded: {type(exc).__name__}: {exc}", data, exc) from exc
+        return cls.from_dict(fields, raw=data)
 
     @classmethod
     def from_dict(cls, fields: MessageData, *, raw: Any = None) -> Message[Any]:
-        """Build a message from its dict form, validating every field."""
+        """Build a message from its dict form, validating every field (and
+        the options the engine itself reads).
+
+        Raises:
+          DecodeError: a field is missing or has the wrong type; the text says which.
+        """
+        if not isinstance(fields, dict):
+            raise DecodeError(f"message must be an object, not {type(fields).__name__}", raw)
         missing = [name for name in REQUIRED_FIELDS if name not in fields]
         if missing:
             raise DecodeError(f"message is missing field(s): {', '.join(missing)}", raw)
@@ -81,9 +94,11 @@ class Message(Generic[R]):
             problems.append("kwargs must be an object")
         if not isinstance(fields["options"], dict):
             problems.append("options must be an object")
+        elif fields["options"]:
+            problems += _option_problems(fields["options"])
         timestamp = fields.get("message_timestamp", 0)
-        if not isinstance(timestamp, int) or isinstance(timestamp, bool):
-            problems.append("message_timestamp must be an integer")
+        if not isinstance(timestamp, int) or isinstance(timestamp, bool) or not 0 <= timestamp <= MAX_TIMESTAMP:
+            problems.append("message_timestamp must be an integer (epoch milliseconds)")
         if problems:
             raise DecodeError("invalid message: " + "; ".join(problems), raw)
         return cls(
@@ -209,6 +224,57 @@ class Message(Generic[R]):
             [repr(arg) for arg in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
         )
         return f"{self.actor_name}({params})"
+
+
+def salvage_message_id(data: Any) -> str | None:
+    """The ``message_id`` in a payload that is not a valid message, when its
+    envelope decodes to an object carrying one (so a caller waiting on that
+    message can be told it failed); ``None`` otherwise. Never raises."""
+    try:
+        fields = get_encoder().decode(data)
+    except Exception:
+        return None
+    message_id = fields.get("message_id") if isinstance(fields, dict) else None
+    return message_id if isinstance(message_id, str) and message_id else None
+
+
+def _option_problems(options: dict[str, Any]) -> list[str]:
+    """What is wrong with the options the engine reads (retries, composition...)."""
+    problems = []
+    for name, kind, what in _OPTION_TYPES:
+        if name in options:
+            value = options[name]
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                problems.append(f"option {name!r} must be {what}")
+    retries = options.get("retries")
+    if isinstance(retries, int) and retries < 0:
+        problems.append("option 'retries' must not be negative")
+    membership = options.get("composition")
+    if isinstance(membership, dict) and not (
+        isinstance(membership.get("id"), str)
+        and isinstance(membership.get("pos"), int)
+        and not isinstance(membership.get("pos"), bool)
+        and isinstance(membership.get("path"), list)
+        and membership["path"]
+        and all(isinstance(item, str) for item in membership["path"])
+    ):
+        problems.append("option 'composition' must hold an id, a position and a path")
+    return problems
+
+
+#: Options the engine reads, with their types: (name, type, description).
+_OPTION_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+    ("retries", int, "an integer"),
+    ("eta", (int, float), "a number (epoch milliseconds)"),
+    ("composition", dict, "an object"),
+    ("pipe_target", dict, "an object"),
+    ("pipe_ignore", bool, "a boolean"),
+    ("on_success", str, "an actor name"),
+    ("on_failure", str, "an actor name"),
+    ("on_retry_exhausted", str, "an actor name"),
+)
+#: The largest message timestamp accepted (the end of year 9999, in epoch ms).
+MAX_TIMESTAMP = 253_402_300_799_999
 
 
 def _encodes(encoder: Any, value: Any) -> bool:

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: The longest pause before handing back a message after a connection error,
+#: in seconds: the pause doubles from 50 ms each time the same message is
+#: handed back, so a service that stays down does not make the worker spin.
+MAX_HAND_BACK_PAUSE = 5.0
+
 
 class Worker:
     """Consume messages from a broker and run their actors.
@@ -67,6 +72,8 @@ class Worker:
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
         self._stopping = threading.Event()
+        #: How many times in a row each message was handed back (connection errors).
+        self._hand_backs: dict[str, int] = {}
         self._loop: _EventLoopThread | None = None
 
     # Lifecycle ------------------------------------------------------------------
@@ -238,9 +245,21 @@ class Worker:
                 # hit a connection error: acking would lose that work, so the
                 # message is handed back and runs again (at least once).
                 logger.warning("Handing message %s back after a connection error in a hook.", proxy.message_id)
+                self._pause_before_hand_back(proxy.message_id)
                 consumer.requeue([proxy])
             else:
+                if self._hand_backs:
+                    self._hand_backs.pop(proxy.message_id, None)
                 consumer.settle(proxy)
+
+    def _pause_before_hand_back(self, message_id: str) -> None:
+        """Wait 50 ms, doubling each time the same message comes back, up to
+        :data:`MAX_HAND_BACK_PAUSE` (a stop cuts the wait short)."""
+        if len(self._hand_backs) > 10_000:  # messages handed back and then run elsewhere
+            self._hand_backs.clear()
+        count = self._hand_backs.get(message_id, 0)
+        self._hand_backs[message_id] = count + 1
+        self._stopping.wait(min(0.05 * 2 ** min(count, 10), MAX_HAND_BACK_PAUSE))
 
     def _call(self, actor: Actor[Any, Any], proxy: MessageProxy) -> Any:
         enter_actor()  # time limits and shutdown notices are raised only in here

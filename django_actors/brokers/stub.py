@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..broker import Broker, Consumer, MessageProxy
-from ..errors import DecodeError, QueueJoinTimeout, QueueNotFound
-from ..message import Message, current_millis
+from ..errors import DecodeError, MessageTooLarge, QueueJoinTimeout, QueueNotFound
+from ..message import Message, current_millis, salvage_message_id
 
 
 class _StubQueue:
@@ -219,13 +219,21 @@ class StubConsumer(Consumer):
         try:
             proxy = MessageProxy(Message.decode(data), tag=data)
         except DecodeError as exc:
-            # Undecodable: dead-letter it at once, with its reason.
+            # Undecodable: dead-letter it at once, with its reason (under its
+            # own id when it has one, so a caller waiting on it is told).
             placeholder: Message[Any] = Message(
                 queue_name=self.queue_name, actor_name="", args=(), kwargs={}, options={}
             )
-            proxy = MessageProxy(placeholder, tag=data)
+            message_id = salvage_message_id(data)
+            proxy = MessageProxy(placeholder.copy(message_id=message_id) if message_id else placeholder, tag=data)
             proxy.stuff_exception(exc)
             proxy.fail(f"undecodable message: {exc}")
+            return proxy
+        limit = self.broker.max_message_size
+        if len(data) > limit:
+            error = MessageTooLarge(f"Message is {len(data)} bytes encoded, over the limit of {limit} bytes.")
+            proxy.stuff_exception(error)
+            proxy.fail(f"message too large: {error}")
         return proxy
 
     def _settle(self, proxy: MessageProxy) -> None:

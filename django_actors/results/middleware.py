@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ActorNotFound, DecodeError
+from ..errors import ActorNotFound, DecodeError, MessageTooLarge
 from ..middleware.middleware import Middleware, get_option
 
 if TYPE_CHECKING:
@@ -60,7 +60,8 @@ class Results(Middleware):
     def after_nack(self, broker: Broker, message: MessageProxy) -> None:
         if self.backend is None:
             return
-        unknown = isinstance(message.exception, ActorNotFound | DecodeError)
+        # Messages that could not even start: whoever waits on them is told.
+        unknown = isinstance(message.exception, ActorNotFound | DecodeError | MessageTooLarge)
         if unknown or self._wants(broker, message):
             ttl = get_option(broker, message, "result_ttl", self.result_ttl)
             # With an exception, its own text is the message (ResultFailure.orig_exc_msg).
