@@ -140,8 +140,10 @@ def measure(url: str, count: int, threads: int, mirror: bool, groups: int) -> di
         env.pop("DJANGO_SETTINGS_MODULE", None)
         args = [sys.executable, "-m", "benchmarks.mirror_overhead", "_drain", url, str(count), str(threads)]
         args += ["1" if mirror else "0", str(groups), str(Path(directory) / "mirror.sqlite3")]
-        output = subprocess.run(args, cwd=REPO_ROOT, env=env, check=True, capture_output=True, text=True).stdout
-    return dict(json.loads(output.strip().splitlines()[-1]))
+        done = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"A drain run failed:\n{done.stderr}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 class _Server:

@@ -45,7 +45,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .redaction import redact, redact_call
+from .redaction import MASK, is_sensitive, mask_urls, redact_keys
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -81,12 +81,46 @@ _EVENT_RANK = (1, 2, 5, 8, 8, 9)
 #: Ranks of consecutive attempts are this far apart.
 RANK_STRIDE = 16
 
-_preview_repr = reprlib.Repr()
-_preview_repr.maxstring = 200
-_preview_repr.maxother = 200
-_preview_repr.maxlist = _preview_repr.maxtuple = _preview_repr.maxdict = 20
-_preview_repr.maxset = _preview_repr.maxfrozenset = 20
-_preview_repr.maxlevel = 4
+
+class _PreviewRepr(reprlib.Repr):
+    """A bounded ``repr`` that hides secrets in what it shows: the values of
+    sensitive dict keys (``DJANGO_ACTORS["REDACT"]``) and the passwords of
+    URLs in strings (see :mod:`django_actors.redaction`). Only the parts that
+    are shown are visited, so a huge result costs no more than a small one.
+    """
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        super().__init__()
+        self.keys = keys
+        self.maxstring = self.maxother = 200
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = self.maxfrozenset = 20
+        self.maxlevel = 4
+
+    def repr_str(self, x: str, level: int) -> str:
+        if len(x) > self.maxstring:
+            return repr(mask_urls(x[: self.maxstring])) + "\u2026"
+        return repr(mask_urls(x))
+
+    def repr_dict(self, x: dict[Any, Any], level: int) -> str:
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{" + self.fillvalue + "}"
+        pieces = []
+        for index, (key, value) in enumerate(x.items()):
+            if index >= self.maxdict:
+                pieces.append(self.fillvalue)
+                break
+            shown = _MASKED if is_sensitive(key, self.keys) else self.repr1(value, level - 1)
+            pieces.append(f"{self.repr1(key, level - 1)}: {shown}")
+        return "{" + ", ".join(pieces) + "}"
+
+
+_MASKED = repr(MASK)
+
+
+def _previewer() -> _PreviewRepr:
+    return _PreviewRepr(tuple(redact_keys()))
 
 
 def message_rank(kind: int, attempt: int) -> int:
@@ -99,30 +133,52 @@ def truncate(text: str, limit: int = PREVIEW_LENGTH) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
+#: The message option that carries composition membership (composition.OPTION).
+_OPTION = "composition"
+
+
+def _membership(value: Any) -> tuple[str, int | None, tuple[str, ...]] | None:
+    """``options["composition"]`` as ``(id, position, path)``, or ``None`` when malformed."""
+    if type(value) is not dict or "id" not in value:
+        return None
+    composition_id = str(value["id"])
+    position = value.get("pos")
+    path = value.get("path")
+    return (
+        composition_id,
+        position if type(position) is int else None,
+        tuple(map(str, path)) if isinstance(path, list | tuple) and path else (composition_id,),
+    )
+
+
 #: Types whose ``repr`` is short and cheap: previewed without reprlib.
 _PLAIN = frozenset({int, float, bool, type(None)})
 
 
 def _plain(value: Any) -> bool:
+    """Whether ``repr(value)`` is short, cheap and cannot hide a secret."""
     kind = type(value)
-    return kind in _PLAIN or (kind is str and len(value) <= 100)
+    if kind in _PLAIN:
+        return True
+    if kind is not str or len(value) > 100:
+        return False
+    lowered = value.lower()  # what mask_urls looks for
+    return "://" not in value and "pass" not in lowered and "pwd" not in lowered
 
 
 def preview_call(args: Iterable[Any], kwargs: dict[str, Any]) -> str:
     """A short, bounded representation of a call's arguments, secrets
     redacted (``DJANGO_ACTORS["REDACT"]``, see :mod:`django_actors.redaction`)."""
-    args, kwargs = redact_call(args, kwargs)
-    if not kwargs and type(args) is tuple and len(args) <= 8:
-        for arg in args:
-            kind = type(arg)
-            if kind not in _PLAIN and (kind is not str or len(arg) > 100):
-                break
-        else:  # the common case: a few numbers and short strings
-            text = ", ".join(map(repr, args))
-            return text if len(text) <= PREVIEW_LENGTH else truncate(text)
+    if not kwargs and type(args) is tuple and len(args) <= 8 and all(map(_plain, args)):
+        text = ", ".join(map(repr, args))  # the common case: a few numbers and short strings
+        return text if len(text) <= PREVIEW_LENGTH else truncate(text)
     try:
-        parts = [_preview_repr.repr(arg) for arg in args]
-        parts += [f"{name}={_preview_repr.repr(value)}" for name, value in kwargs.items()]
+        previewer = _previewer()
+        parts = [previewer.repr(arg) for arg in args]
+        parts += [
+            f"{name}={_MASKED if is_sensitive(name, previewer.keys) else previewer.repr(value)}"
+            for name, value in kwargs.items()
+        ]
         return truncate(", ".join(parts))
     except Exception as exc:  # a broken __repr__ must not stop the mirror
         return f"<arguments could not be shown: {type(exc).__name__}>"
@@ -130,11 +186,10 @@ def preview_call(args: Iterable[Any], kwargs: dict[str, Any]) -> str:
 
 def preview_value(value: Any) -> str:
     """A short, bounded representation of a result, secrets redacted."""
-    value = redact(value)
     if _plain(value):
         return repr(value)
     try:
-        return truncate(_preview_repr.repr(value))
+        return truncate(_previewer().repr(value))
     except Exception as exc:
         return f"<result could not be shown: {type(exc).__name__}>"
 
@@ -160,37 +215,36 @@ def _from_ms(value: float) -> datetime.datetime:
 # Folding events into rows --------------------------------------------------------------
 
 
+#: What the hot path buffers for one event: only strings, numbers and
+#: tuples of them, so the garbage collector untracks it at once and nothing
+#: the worker is done with (messages, results, tracebacks) is kept alive.
+#: (kind, when ms, message id, actor, queue, created ms, eta ms, retries,
+#: membership (id, position, path) or None, arguments preview, text)
+#: where text is the result preview or the traceback.
+Event = tuple[int, int, str, str, str, int, Any, int, Any, str, str]
+
+
 class _Row:
     """The merged state of one message within a batch of events (times in epoch ms)."""
 
     __slots__ = (
-        "actor_name", "args", "composition_id", "enqueued_ms", "eta_ms", "finished_ms", "kwargs", "message_id",
-        "position", "queue_name", "rank", "result", "result_preview", "retries", "root_id", "started_ms", "status",
+        "actor_name", "args_preview", "composition_id", "enqueued_ms", "eta_ms", "finished_ms", "message_id",
+        "position", "queue_name", "rank", "result_preview", "retries", "root_id", "started_ms", "status",
         "traceback", "worker",
     )  # fmt: skip
 
-    def __init__(self, message: Message[Any], membership: dict[str, Any] | None) -> None:
-        options = message.options
-        self.message_id = message.message_id
-        self.actor_name = message.actor_name
-        self.queue_name = message.queue_name
+    def __init__(self, event: Event) -> None:
+        _, _, self.message_id, self.actor_name, self.queue_name, self.enqueued_ms, self.eta_ms, _, membership, _, _ = (
+            event
+        )
         self.composition_id: str | None = None
         self.root_id: str | None = None
         self.position: int | None = None
-        if membership:
-            self.composition_id = str(membership.get("id"))
-            path = membership.get("path") or [self.composition_id]
-            self.root_id = str(path[0])
-            position = membership.get("pos")
-            self.position = position if isinstance(position, int) else None
+        if membership is not None:
+            self.composition_id, self.position, path = membership
+            self.root_id = path[0] if path else self.composition_id
         self.retries = 0
-        # Previews are made once per row, when the batch is written.
-        self.args: Any = message.args
-        self.kwargs: Any = message.kwargs
-        self.result: Any = _NO_RESULT
-        self.enqueued_ms = message.message_timestamp
-        eta = options.get("eta")
-        self.eta_ms = eta if type(eta) is int else None
+        self.args_preview = ""
         self.rank = -1
         self.status = ""
         self.result_preview = ""
@@ -199,7 +253,10 @@ class _Row:
         self.finished_ms: int | None = None
         self.worker = ""
 
-    def apply(self, kind: int, when: int, extra: Any, attempt: int, worker: str) -> None:
+    def apply(self, event: Event, worker: str) -> None:
+        kind, when, _, _, _, _, _, attempt, _, args_preview, text = event
+        if args_preview:
+            self.args_preview = args_preview
         rank = attempt * RANK_STRIDE + _EVENT_RANK[kind] if attempt > 0 else _EVENT_RANK[kind]
         if rank < self.rank:
             return  # an older event (a redelivery): the row already holds a later state
@@ -212,14 +269,13 @@ class _Row:
             self.worker = worker
         elif kind == SUCCESS:
             self.status = "succeeded"
-            self.result = extra
+            self.result_preview = text
             self.finished_ms = when
             self.worker = worker
         elif kind == ENQUEUE:
             if attempt > 0:
                 self.status = "retrying"
-                # Retries stores the failed attempt's traceback on the retry.
-                self.traceback = str(extra or "")[-TRACEBACK_LENGTH:] or self.traceback
+                self.traceback = text or self.traceback  # the failed attempt's, carried by the retry
             elif self.eta_ms is not None and self.eta_ms > when:
                 self.status = "delayed"
             else:
@@ -227,27 +283,16 @@ class _Row:
         else:
             self.finished_ms = when
             self.worker = worker
-            if kind == ERROR:
-                self.status = "retrying"
-                self.traceback = format_failure(extra)
-            elif kind == SKIP:
-                self.status = "skipped"
-            else:  # NACK
-                self.status = "failed"
-                exception, reason = extra
-                self.traceback = format_failure(exception, reason) or self.traceback
+            self.traceback = text or self.traceback
+            self.status = "retrying" if kind == ERROR else "skipped" if kind == SKIP else "failed"
 
     def values(self, updated: Any) -> tuple[Any, ...]:
         """The row as the message upsert's parameters."""
-        result = "" if self.result is _NO_RESULT else preview_value(self.result)
         return (
             self.message_id, self.actor_name, self.queue_name, self.composition_id, self.root_id, self.position,
-            self.status, self.rank, self.retries, preview_call(self.args, self.kwargs), result, self.traceback,
+            self.status, self.rank, self.retries, self.args_preview, self.result_preview, self.traceback,
             self.enqueued_ms, self.eta_ms, self.started_ms, self.finished_ms, self.worker, updated,
         )  # fmt: skip
-
-
-_NO_RESULT: Any = object()
 
 
 class _Touch:
@@ -324,7 +369,7 @@ class Recorder:
         self.using = using
         self.broker: Broker | None = None
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
-        self._events: deque[tuple[int, Message[Any], float, Any]] = deque(maxlen=max_buffer)
+        self._events: deque[Event] = deque(maxlen=max_buffer)
         self._flush_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._wake = threading.Event()
@@ -346,9 +391,46 @@ class Recorder:
     # Hot path -------------------------------------------------------------------
 
     def record(self, broker: Broker, kind: int, message: Message[Any], extra: Any = None) -> None:
-        """Buffer one event. Cheap: no I/O, no formatting."""
+        """Buffer one event: no I/O, a few microseconds.
+
+        Parameters:
+          kind: ENQUEUE, START, SUCCESS (``extra``: the result), ERROR
+            (``extra``: the exception), SKIP or NACK (``extra``:
+            ``(exception, reason)``).
+        """
         self.broker = broker
-        self._events.append((kind, message, time.time(), extra))
+        options = message.options
+        membership = options.get(_OPTION)
+        if membership is not None:
+            membership = _membership(membership)
+        retries = options.get("retries", 0)
+        eta = options.get("eta")
+        args = text = ""
+        if kind in (START, ENQUEUE):
+            args = preview_call(message.args, message.kwargs)
+            if kind == ENQUEUE and retries:
+                text = str(options.get("traceback") or "")[-TRACEBACK_LENGTH:]
+        elif kind == SUCCESS:
+            text = preview_value(extra)
+        elif kind == ERROR:
+            text = format_failure(extra)
+        elif kind == NACK:
+            text = format_failure(*extra)
+        self._events.append(
+            (
+                kind,
+                int(time.time() * 1000),
+                message.message_id,
+                message.actor_name,
+                message.queue_name,
+                message.message_timestamp,
+                eta if type(eta) is int else None,
+                retries if type(retries) is int else 0,
+                membership,
+                args,
+                text,
+            )
+        )
         if self._thread is None:
             self.start()
 
@@ -450,7 +532,7 @@ class Recorder:
 
         return router.db_for_write(MessageRecord) or "default"
 
-    def _drain(self) -> list[tuple[int, Message[Any], float, Any]]:
+    def _drain(self) -> list[Event]:
         events = []
         pop = self._events.popleft
         try:
@@ -498,44 +580,32 @@ class Recorder:
             self._maybe_prune()
             return len(events)
 
-    def _write(self, events: list[tuple[int, Message[Any], float, Any]], heartbeat_due: bool) -> None:
+    def _write(self, events: list[Event], heartbeat_due: bool) -> None:
         from django.db import close_old_connections, connections, transaction
-
-        from .composition import OPTION
 
         worker = self.worker_name if self._worker is not None else ""
         rows: dict[str, _Row] = {}
         touched: dict[str, _Touch] = dict(self._recheck)
         fresh: set[str] = set()
         minutes: dict[int, list[int]] = {}
-        for kind, message, seconds, extra in events:
-            when = int(seconds * 1000)
-            options = message.options
-            membership = options.get(OPTION)
-            if type(membership) is not dict:
-                membership = None
-            row = rows.get(message.message_id)
+        for event in events:
+            kind, when, message_id = event[0], event[1], event[2]
+            row = rows.get(message_id)
             if row is None:
-                row = rows[message.message_id] = _Row(message, membership)
-            attempt = options.get("retries", 0)
-            if type(attempt) is not int:
-                attempt = 0
-            if kind == ENQUEUE:
-                row.apply(kind, when, options.get("traceback"), attempt, "")
-            else:
-                row.apply(kind, when, extra, attempt, worker)
-                if kind == START:
-                    self._in_flight += 1
-                elif kind == NACK:
-                    self._failed += 1
-                    minutes.setdefault(when // 60_000, [0, 0])[1] += 1
-                else:
-                    self._in_flight = max(self._in_flight - 1, 0)
-                    if kind == SUCCESS:
-                        self._processed += 1
-                        minutes.setdefault(when // 60_000, [0, 0])[0] += 1
-            if membership is not None:
-                self._touch(touched, fresh, membership, message, row, kind, when)
+                row = rows[message_id] = _Row(event)
+            row.apply(event, worker if kind != ENQUEUE else "")
+            if kind == START:
+                self._in_flight += 1
+            elif kind == NACK:
+                self._failed += 1
+                minutes.setdefault(when // 60_000, [0, 0])[1] += 1
+            elif kind != ENQUEUE:
+                self._in_flight = max(self._in_flight - 1, 0)
+                if kind == SUCCESS:
+                    self._processed += 1
+                    minutes.setdefault(when // 60_000, [0, 0])[0] += 1
+            if event[8] is not None:
+                self._touch(touched, fresh, event, row)
         self._recheck = {}
         alias = self._alias()
         if threading.current_thread() is self._thread:
@@ -557,18 +627,10 @@ class Recorder:
             self._worker_dirty = False
 
     @staticmethod
-    def _touch(
-        touched: dict[str, _Touch],
-        fresh: set[str],
-        membership: dict[str, Any],
-        message: Message[Any],
-        row: _Row,
-        kind: int,
-        when: int,
-    ) -> None:
+    def _touch(touched: dict[str, _Touch], fresh: set[str], event: Event, row: _Row) -> None:
         """Note what an event says about its composition and every enclosing one (times in ms)."""
-        created = message.message_timestamp
-        for composition_id in membership.get("path") or [membership.get("id")]:
+        kind, when, created = event[0], event[1], event[5]
+        for composition_id in event[8][2]:
             touch = touched.get(composition_id)
             if touch is None or composition_id not in fresh:
                 touch = touched[composition_id] = _Touch()
@@ -581,7 +643,7 @@ class Recorder:
                     touch.started = when if touch.started is None else min(touch.started, when)
         owner = touched.get(row.composition_id or "")
         if owner is not None and row.position is not None:
-            owner.names.setdefault(row.position, message.actor_name)
+            owner.names.setdefault(row.position, row.actor_name)
 
     # Compositions ---------------------------------------------------------------------
 
@@ -873,11 +935,11 @@ def _message_sql(connection: BaseDatabaseWrapper) -> str:
         return f"{table}.{qn(column)}"
 
     replaced = ("actor_name", "queue_name", "composition_id", "root_id", "position", "status", "rank", "retries",
-                "args_preview", "eta_ms", "updated")  # fmt: skip
+                "eta_ms", "updated")  # fmt: skip
     sets = [f"{qn(c)} = {new(c)}" for c in replaced]
     sets += [
         f"{qn(c)} = CASE WHEN {new(c)} <> '' THEN {new(c)} ELSE {old(c)} END"
-        for c in ("result_preview", "traceback", "worker")
+        for c in ("args_preview", "result_preview", "traceback", "worker")
     ]
     sets += [
         f"{qn('enqueued_ms')} = COALESCE({old('enqueued_ms')}, {new('enqueued_ms')})",
@@ -916,7 +978,7 @@ def _upsert_messages_fallback(connection: BaseDatabaseWrapper, params: list[tupl
     for values in params:
         fields = dict(zip(_MESSAGE_COLUMNS, values, strict=True))
         message_id, rank = fields.pop("message_id"), fields["rank"]
-        for column in ("result_preview", "traceback", "worker"):
+        for column in ("args_preview", "result_preview", "traceback", "worker"):
             if not fields[column]:
                 del fields[column]
         if fields["started_ms"] is None:
