@@ -23,7 +23,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import ngettext
+from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.http import require_POST
 
 from .models.mirror import (
@@ -52,14 +52,14 @@ MAX_MEMBERS = 100
 MAX_PROGRESS_IDS = 200
 
 #: Help text shown next to the retry and cancel buttons and actions.
-RETRY_HELP = _(
+RETRY_HELP = gettext_lazy(
     "Retry puts failed (dead-lettered) messages back on their queues, unchanged: same message id, "
     "arguments and retry count, so each runs once more under its actor's retry policy. Retrying the "
     "failed messages of a composition also reopens it, so that once they succeed its pipeline goes on "
     "and its group completes (callbacks fire then); a composition whose other failed members are not "
     "retried stays failed. Messages no longer in the broker's dead letters are reported and left alone."
 )
-CANCEL_HELP = _(
+CANCEL_HELP = gettext_lazy(
     "Cancel marks the composition (and every composition enclosing it) cancelled in the results backend. "
     "Its messages that have not started yet, nested compositions included, are skipped when a worker "
     "picks them up; messages already running finish. Callers waiting on it get CompositionCancelled. "
@@ -284,7 +284,18 @@ def _report_retry(request: HttpRequest, model_admin: ModelAdmin[Any], report: An
             % len(report.missing),
             messages.WARNING,
         )
-    if not (report.requeued or report.missing):
+    if report.errors:
+        model_admin.message_user(
+            request,
+            ngettext(
+                "%d message could not be put back: the broker failed (see the log).",
+                "%d messages could not be put back: the broker failed (see the log).",
+                len(report.errors),
+            )
+            % len(report.errors),
+            messages.ERROR,
+        )
+    if not (report.requeued or report.missing or report.errors):
         model_admin.message_user(request, _("There was no failed message to retry."), messages.INFO)
 
 

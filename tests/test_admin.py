@@ -541,3 +541,46 @@ def test_previews_are_truncated_in_the_pages(superuser_client, broker):
         worker.stop()
     html = superuser_client.get(url("django_actors_messagerecord_change", sent.message_id)).content.decode()
     assert "y" * 300 not in html and "y" * 199 in html
+
+
+@pytest.mark.redis
+def test_the_dashboard_asks_the_redis_broker_for_its_queue_counts(superuser_client, redis_url):
+    from django_actors import broker as broker_module
+    from django_actors.brokers.redis import RedisBroker
+    from django_actors.results.backends.redis import RedisBackend
+
+    previous = broker_module._broker
+    redis_broker = make_broker(broker_cls=RedisBroker, backend=RedisBackend(url=redis_url), url=redis_url)
+    set_broker(redis_broker)
+    try:
+
+        @django_actors.actor(queue_name="dash-redis")
+        def redis_job(x):
+            return x
+
+        for i in range(4):
+            redis_job.send(i)
+        redis_job.send_with_options(args=(9,), delay=60_000)
+        html = superuser_client.get(url("django_actors_dashboard")).content.decode()
+        row = re.search(r"<tr><td>dash-redis.*?</tr>", html, re.S).group(0)
+        assert re.findall(r'da-num[^"]*">(\d+|-)</td>', row) == ["4", "1", "0", "0"]
+    finally:
+        redis_broker.emit_before("process_stop")
+        redis_broker.close()
+        broker_module._broker = previous
+
+
+def test_a_failed_group_with_members_still_running_keeps_refreshing(superuser_client):
+    group_row = composition("half", total=4, completed=1, failed=1, status="failed", status_rank=2)
+    message("h0", composition=group_row, root_id="half", position=0, status="succeeded")
+    message("h1", composition=group_row, root_id="half", position=1, status="failed")
+    message("h2", composition=group_row, root_id="half", position=2, status="started")
+    message("h3", composition=group_row, root_id="half", position=3, status="enqueued")
+    tree_html = superuser_client.get(url("django_actors_composition_tree", "half")).content.decode()
+    assert 'data-da-live="1"' in tree_html
+    bar = _bar(superuser_client.get(url("django_actors_composition_changelist")).content.decode(), "half")
+    assert 'data-live="1"' in bar
+    Composition.objects.filter(pk="half").update(completed=3)
+    MessageRecord.objects.filter(pk__in=["h2", "h3"]).update(status="succeeded")
+    tree_html = superuser_client.get(url("django_actors_composition_tree", "half")).content.decode()
+    assert 'data-da-live="0"' in tree_html

@@ -126,7 +126,7 @@ def test_a_running_group_advances_in_the_browser_without_a_reload(live_server, b
         wait_for(lambda: MessageRecord.objects.filter(composition_id=thumbnails.id).count() == 8, what="members")
         wait_for(lambda: Composition.objects.filter(pk=thumbnails.id).exists(), what="the group's row")
 
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context = browser.new_context(viewport={"width": 1440, "height": 900})
         page = log_in(context, live_server.url)
         page.goto(f"{live_server.url}/admin/django_actors/composition/{thumbnails.id}/change/")
         summary = ".da-summary-bar .da-done-count"
@@ -148,7 +148,7 @@ def test_a_running_group_advances_in_the_browser_without_a_reload(live_server, b
         assert page.evaluate("window.__not_reloaded") is True
         save(page, tmp_path, "composition.png")
 
-        dark = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="dark")
+        dark = browser.new_context(viewport={"width": 1440, "height": 900}, color_scheme="dark")
         dark_page = log_in(dark, live_server.url)
         dark_page.goto(f"{live_server.url}/admin/django_actors/composition/{thumbnails.id}/change/")
         background = dark_page.evaluate("getComputedStyle(document.body).backgroundColor")
