@@ -620,3 +620,59 @@ def test_the_flusher_counts_finished_messages_per_minute(broker, worker):
     totals = [(row.succeeded, row.failed) for row in MinuteStat.objects.all()]
     assert (sum(t[0] for t in totals), sum(t[1] for t in totals)) == (3, 1)
     assert all(row.minute.second == 0 for row in MinuteStat.objects.all())
+
+
+@pytest.mark.redis
+def test_a_worker_process_stopped_with_sigterm_writes_what_it_buffered(redis_url, tmp_path):
+    """runworkers with a 10-minute flush interval: the rows still land, at shutdown."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import redis as redis_module
+    from django.db import connection as default_connection
+
+    from django_actors.brokers.redis import RedisBroker
+    from tests.apps.workerapp import EVENTS
+
+    (tmp_path / "mirror_worker_settings.py").write_text(
+        "from tests.subprocess_settings import *  # noqa\n"
+        "from django_actors.conf import DEFAULT_MIDDLEWARE\n"
+        f"DATABASES = {{'default': {{'ENGINE': 'django.db.backends.sqlite3', "
+        f"'NAME': {str(default_connection.settings_dict['NAME'])!r}}}}}\n"
+        "MIRROR = 'django_actors.middleware.mirror.Mirror'\n"
+        "DJANGO_ACTORS = {**DJANGO_ACTORS, 'MIDDLEWARE': [MIRROR, *DEFAULT_MIDDLEWARE],\n"
+        "                 'MIRROR': {'ENABLED': True, 'FLUSH_INTERVAL': 600000}}\n"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "DJANGO_ACTORS_TEST_REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(repo), env.get("PYTHONPATH", "")])
+    stderr_path = tmp_path / "stderr.txt"
+    command = [sys.executable, "-m", "django", "runworkers", "--processes", "1", "--settings", "mirror_worker_settings"]
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True)  # fmt: skip
+    client = redis_module.Redis.from_url(redis_url)
+    sender = RedisBroker(url=redis_url, middleware=[])
+    try:
+        wait_for(lambda: "is ready." in stderr_path.read_text(), timeout=30, what="the worker process")
+        sent = [
+            sender.enqueue(Message(queue_name="alpha", actor_name="record", args=(f"t{i}",), kwargs={}, options={}))
+            for i in range(3)
+        ]
+        wait_for(lambda: client.llen(EVENTS) >= 3, timeout=20, what="the messages to run")
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0, stderr_path.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        sender.close()
+    rows = MessageRecord.objects.filter(pk__in=[m.message_id for m in sent])
+    assert sorted(rows.values_list("status", flat=True)) == ["succeeded"] * 3
+    assert {row.args_preview for row in rows} == {"'t0'", "'t1'", "'t2'"}
+    worker_row = WorkerRecord.objects.get()
+    assert worker_row.stopped is not None and worker_row.processed == 3 and worker_row.in_flight == 0
