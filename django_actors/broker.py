@@ -256,6 +256,19 @@ class Broker:
         Every message is encoded before any is sent: if one cannot be encoded,
         none is enqueued.
         """
+        prepared, eta = self._prepare_many(messages, delay)
+        return self._send_prepared(prepared, eta, delay)
+
+    def _prepare_many(
+        self, messages: Iterable[Message[Any]], delay: int | None
+    ) -> tuple[list[tuple[Message[Any], bytes]], int | None]:
+        """The first half of :meth:`enqueue_many`: run the ``before_enqueue``
+        hooks, declare new queues, encode and check the size of every message.
+        Nothing is sent. Returns the (message, encoded) pairs and the eta.
+
+        Raises:
+          TypeError, MessageTooLarge: as :meth:`enqueue_many`.
+        """
         prepared: list[tuple[Message[Any], bytes]] = []
         eta = current_millis() + delay if delay else None
         # The send() path: hooks looked up once, the declared queues read once.
@@ -278,6 +291,13 @@ class Broker:
                     f"over the limit of {limit} bytes."
                 )
             prepared.append((message, data))
+        return prepared, eta
+
+    def _send_prepared(
+        self, prepared: list[tuple[Message[Any], bytes]], eta: int | None, delay: int | None
+    ) -> list[Message[Any]]:
+        """The second half of :meth:`enqueue_many`: store what
+        :meth:`_prepare_many` returned and run the ``after_enqueue`` hooks."""
         if prepared:
             self._enqueue_many(prepared, eta)
         if self._hooks.get("after_enqueue"):

@@ -209,10 +209,13 @@ class _Composition:
         spec = plan.add(self, None, [])
         messages: list[Message[Any]] = []
         empty: list[tuple[str, list[str]]] = []
-        _collect(broker, spec, _NOTHING, [], messages, empty)
-        _check_encodable(broker, messages)
+        _collect(broker, spec, _NOTHING, [], messages, empty, trusted=True)
+        # Every message is encoded (and checked) once, before anything is
+        # stored or sent; the encodings are what is sent.
+        prepared, eta = broker._prepare_many(messages, delay)
         backend._store_many(plan.records, _ttl(backend))
-        _enqueue(broker, messages, delay)
+        for start in range(0, len(prepared), BATCH_SIZE):
+            broker._send_prepared(prepared[start : start + BATCH_SIZE], eta, delay)
         for composition in plan.compositions:
             composition._ran = True
         if empty:
@@ -520,9 +523,9 @@ class group(_Composition):  # noqa: N801 - dramatiq's name
             raise NoResultsBackend(
                 "A group of pipelines or groups needs a results backend: add the Results middleware."
             )
-        messages = list(self.children)
-        _check_encodable(broker, messages)  # type: ignore[arg-type]
-        _enqueue(broker, messages, delay)  # type: ignore[arg-type]
+        prepared, eta = broker._prepare_many(self.children, delay)  # type: ignore[arg-type]
+        for start in range(0, len(prepared), BATCH_SIZE):  # all encoded before any is sent
+            broker._send_prepared(prepared[start : start + BATCH_SIZE], eta, delay)
 
     def __repr__(self) -> str:
         return f"group({self.id}, {len(self)} members)"
@@ -598,22 +601,41 @@ def _collect(
     path: list[str],
     messages: list[Message[Any]],
     empty: list[tuple[str, list[str]]],
+    *,
+    trusted: bool = False,
 ) -> None:
     """Gather the messages that start ``spec``, with ``value`` (the previous
-    step's result) appended to their arguments, and the empty groups in it."""
+    step's result) appended to their arguments, and the empty groups in it.
+
+    ``trusted``: the spec was just built here from valid messages (``run()``),
+    so its messages are rebuilt without validating them again; specs read
+    back from the backend are validated.
+    """
     if "m" in spec:
-        message = Message.from_dict(spec["m"])
+        data = spec["m"]
+        if trusted:
+            message: Message[Any] = Message(
+                queue_name=data["queue_name"],
+                actor_name=data["actor_name"],
+                args=data["args"],
+                kwargs=data["kwargs"],
+                options=data["options"],
+                message_id=data["message_id"],
+                message_timestamp=data["message_timestamp"],
+            )
+        else:
+            message = Message.from_dict(data)
         if value is not _NOTHING and not _ignores_input(broker, message):
             message = message.copy(args=(*message.args, value))
         messages.append(message)
     elif "p" in spec:
-        _collect(broker, spec["f"], value, [*path, spec["p"]], messages, empty)
+        _collect(broker, spec["f"], value, [*path, spec["p"]], messages, empty, trusted=trusted)
     else:
         inner = [*path, spec["g"]]
         if not spec["c"]:
             empty.append((spec["g"], inner))
         for child in spec["c"]:
-            _collect(broker, child, value, inner, messages, empty)
+            _collect(broker, child, value, inner, messages, empty, trusted=trusted)
 
 
 # Worker side -----------------------------------------------------------------------

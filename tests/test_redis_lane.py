@@ -1,18 +1,15 @@
-"""Tests for the Redis lane (the hot path of the Redis broker and results
-backend) and the send() path's shortcuts, against a real redis-server."""
+"""Tests for the Redis lane, which runs the Redis broker's and results
+backend's scripts, against a real redis-server."""
 
 from __future__ import annotations
 
 import multiprocessing
 import threading
-import uuid
 
 import pytest
 import redis
 
 from django_actors import ConnectionClosed, actor
-from django_actors.message import generate_unique_id
-from django_actors.middleware import Middleware
 from django_actors.middleware.time_limit import raise_in_thread
 from django_actors.redis_connection import Lane, LaneScript, RedisConnection
 
@@ -180,41 +177,3 @@ def test_send_to_an_unreachable_redis_is_connection_closed():
     with pytest.raises(ConnectionClosed, match="enqueueing to 'default'"):
         nowhere.send()
     broker.close()
-
-
-def test_enqueue_hooks_run_and_stop_the_send(redis_url):
-    seen: list[str] = []
-
-    class Veto(Middleware):
-        def before_enqueue(self, broker, message, delay):
-            seen.append("before")
-            if message.args == (13,):
-                raise ValueError("unlucky")
-
-        def after_enqueue(self, broker, message, delay):
-            seen.append("after")
-
-    broker = make_broker(redis_url)
-    broker.add_middleware(Veto())
-    try:
-
-        @actor(broker=broker, actor_name="vetoed", queue_name="fresh")
-        def vetoed(n):
-            pass
-
-        vetoed.send(1)
-        with pytest.raises(ValueError, match="unlucky"):
-            vetoed.send(13)
-        assert seen == ["before", "after", "before"]
-        assert broker.stats("fresh").ready == 1
-        assert "fresh" in broker.get_declared_queues()
-    finally:
-        broker.close()
-
-
-def test_message_ids_are_random_uuid4_strings():
-    ids = {generate_unique_id() for _ in range(2000)}
-    assert len(ids) == 2000
-    for text in list(ids)[:200]:
-        parsed = uuid.UUID(text)
-        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
