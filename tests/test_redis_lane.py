@@ -98,7 +98,7 @@ def test_a_command_interrupted_mid_way_closes_its_connection(connection, redis_c
     redis_client.rpush("lane:wake", b"token")
     thread.join(5)
     assert outcome and isinstance(outcome[0], Interrupted)
-    assert before not in lane._idle or before._sock is None
+    assert before not in lane._idle and before.connection._sock is None  # closed, not reused
     assert lane.execute("ECHO", "mine") == b"mine"  # not the BLPOP's reply
 
 
@@ -177,3 +177,45 @@ def test_send_to_an_unreachable_redis_is_connection_closed():
     with pytest.raises(ConnectionClosed, match="enqueueing to 'default'"):
         nowhere.send()
     broker.close()
+
+
+def test_error_replies_are_redis_py_exceptions_and_leave_the_connection_usable(connection):
+    lane = connection.lane()
+    assert lane is not None
+    with pytest.raises(redis.exceptions.NoScriptError):
+        lane.execute("EVALSHA", "0" * 40, 0)
+    with pytest.raises(redis.exceptions.ResponseError, match="unknown command"):
+        lane.execute("NO-SUCH-COMMAND")
+    assert lane.execute("ECHO", "still fine") == b"still fine"
+    assert len(lane._idle) == 1
+
+
+def test_replies_larger_than_the_read_buffer_arrive_whole(connection):
+    lane = connection.lane()
+    assert lane is not None
+    value = bytes(range(256)) * 8192  # 2 MiB
+    assert lane.execute("ECHO", value) == value
+    assert lane.execute("EVAL", "return {ARGV[1], false, 42}", 0, value) == [value, None, 42]
+
+
+def test_without_hiredis_the_lane_goes_through_redis_py(redis_url, monkeypatch):
+    import django_actors.redis_connection as module
+
+    monkeypatch.setattr(module, "_RAW", False)
+    broker = make_broker(redis_url)
+    try:
+
+        @actor(broker=broker, actor_name="plain")
+        def plain(n):
+            pass
+
+        plain.send(1)
+        [proxy] = broker.consume("default", prefetch=1, timeout=100).fetch(1)
+        assert proxy.args == (1,)
+        lane = broker.connection.lane()
+        assert lane is not None and all(c.buffer is None for c in lane._idle)
+        with pytest.raises(redis.exceptions.NoScriptError):
+            lane.execute("EVALSHA", "0" * 40, 0)
+        assert lane.execute("ECHO", "ok") == b"ok"
+    finally:
+        broker.close()
