@@ -285,6 +285,14 @@ class Lane:
             for lane_connection in idle:
                 lane_connection.connection.disconnect()
 
+    def __del__(self) -> None:
+        # A lane dropped without close() (its broker or backend was never
+        # closed) still closes its sockets; redis-py's pool does the same.
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
 
 class _LaneConnection:
     """A redis-py connection of a lane. With hiredis installed, once redis-py

@@ -219,3 +219,14 @@ def test_without_hiredis_the_lane_goes_through_redis_py(redis_url, monkeypatch):
         assert lane.execute("ECHO", "ok") == b"ok"
     finally:
         broker.close()
+
+
+def test_a_lane_dropped_without_close_closes_its_connections(redis_url, redis_client):
+    import gc
+
+    connection = RedisConnection(url=redis_url)
+    client_id = connection.lane().execute("CLIENT", "ID")
+    assert client_id in _client_ids(redis_client)
+    del connection
+    gc.collect()
+    wait_for(lambda: client_id not in _client_ids(redis_client), what="the dropped lane's connection to close")

@@ -156,7 +156,8 @@ class RedisBackend(ResultBackend):
                 "delete": _DELETE,
                 "flush": _FLUSH,
             }
-            bound = (id(client), {key: client.register_script(src) for key, src in sources.items()})
+            # Run through the connection's lane (see redis_connection.Lane).
+            bound = (id(client), {key: self.connection.register_script(src) for key, src in sources.items()})
             self._scripts = bound
         return bound[1][name]
 
@@ -177,8 +178,9 @@ class RedisBackend(ResultBackend):
     def _get_many(self, keys: list[str]) -> list[Any]:
         if not keys:
             return []
+        lane = self.connection.lane()
         with translate_errors("reading results"):
-            values = self.client.mget(keys)
+            values = lane.execute("MGET", *keys) if lane is not None else self.client.mget(keys)
         return [self._decode(value) for value in values]
 
     def _store_many(self, records: Mapping[str, Any], ttl: int) -> None:
