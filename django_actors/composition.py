@@ -83,6 +83,8 @@ BATCH_SIZE = 1000
 RECOVERY_WAIT = 10_000
 #: The failure type stored for cancelled compositions.
 CANCELLED = "Cancelled"
+#: The option that marks a group's completion or failure callback: the group's id.
+CALLBACK_OPTION = "composition_callback"
 
 #: Errors that advancing a composition will hit again on every attempt (a
 #: result that cannot be encoded, a next message over the size limit...).
@@ -647,6 +649,8 @@ def check_cancelled(broker: Broker, message: MessageProxy) -> None:
     Raises:
       SkipMessage: it was cancelled.
     """
+    if message.options.get(CALLBACK_OPTION):
+        _check_callback_once(broker, message)
     membership = message.options.get(OPTION)
     if not membership or not broker.has_results_backend():
         return
@@ -659,6 +663,31 @@ def check_cancelled(broker: Broker, message: MessageProxy) -> None:
     reason = f"composition {cancelled[0]} was cancelled"
     _store_member_failure(broker, backend, message, {"e": {"type": CANCELLED, "message": reason}})
     raise SkipMessage(f"Message {message.message_id} skipped: {reason}.")
+
+
+def _check_callback_once(broker: Broker, message: MessageProxy) -> None:
+    """Skip a group callback that was enqueued a second time.
+
+    A delivery that dies between enqueueing a group's callbacks and marking
+    that done is taken over, and the callbacks are enqueued again. The broker
+    handle (``tag``: Redis member, row id) is the same for every redelivery of
+    one enqueued message and differs for a second enqueue: the first handle
+    to run claims the callback, a second enqueue is skipped, a redelivery runs.
+
+    Raises:
+      SkipMessage: another enqueue of this callback already ran.
+    """
+    if not broker.has_results_backend():
+        return
+    backend = broker.get_results_backend()
+    group_id = str(message.options[CALLBACK_OPTION])
+    key = _key(backend, group_id, f"cbrun:{message.message_id}")
+    if not backend._claim(key, str(message.tag), _ttl(backend)):
+        raise SkipMessage(f"Callback {message.message_id} of group {group_id} already ran: a second enqueue, skipped.")
+
+
+def _as_callback(message: Message[Any], group_id: str) -> Message[Any]:
+    return message.copy(options={**message.options, CALLBACK_OPTION: group_id})
 
 
 def _store_member_failure(broker: Broker, backend: ResultBackend, message: MessageProxy, record: Any) -> None:
@@ -794,7 +823,7 @@ def _advance_one(
         final = _final(backend, cid, meta) if meta["up"] is not None or meta["cbr"] else None
         callbacks = [Message.from_dict(data) for data in meta["cb"]]
         callbacks += [Message.from_dict(data).copy(args=(*data["args"], final)) for data in meta["cbr"]]
-        _enqueue(broker, callbacks)
+        _enqueue(broker, [_as_callback(callback, cid) for callback in callbacks])
     backend._store_many({_key(backend, cid, "end"): {"r": True}, _key(backend, cid, f"did:{what}"): True}, ttl)
     if meta["up"] is not None:
         items.append(("done", meta["up"][0], meta["up"][1], final, path[:-1]))
@@ -836,7 +865,11 @@ def _fail(
         if not _once(backend, composition_id, "fail", added, token, ttl):
             break
         if meta["k"] == "g" and meta["fcb"] and not cancelled:
-            _enqueue(broker, [Message.from_dict(data).copy(args=(*data["args"], record["e"])) for data in meta["fcb"]])
+            failure_callbacks = [
+                _as_callback(Message.from_dict(data).copy(args=(*data["args"], record["e"])), composition_id)
+                for data in meta["fcb"]
+            ]
+            _enqueue(broker, failure_callbacks)
         done = {_key(backend, composition_id, "end"): record, _key(backend, composition_id, "did:fail"): True}
         backend._store_many(done, ttl)
         if meta["up"] is None:

@@ -13,7 +13,8 @@ What must hold, checked from an observation channel the chaos does not touch
 - every group's completion callback fired exactly once: one enqueued
   callback message per group (a redelivery of that one message after a
   SIGKILL may run it twice, which is at-least-once delivery, not a second
-  firing);
+  firing), although every member of the 150 plain groups is enqueued twice
+  on purpose, the copies racing each other through the group's completion;
 - no result was lost: every stored result is there and right;
 - no dead letter, and the queue is empty at the end.
 
@@ -41,12 +42,13 @@ import redis
 from django_actors import group, pipeline
 from django_actors.errors import ConnectionClosed, QueueJoinTimeout
 from django_actors.message import Message
+from django_actors.middleware.middleware import Middleware
 from django_actors.results.errors import ResultError
 
 from .chaos_worker import RUNS, build_broker, callback_tags_key, declare_actors
 from .redis_helpers import RedisProcess, wait_for
 
-pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(300)]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "chaos"
@@ -65,6 +67,8 @@ class Workload:
     groups: list[tuple[str, group, list[int]]] = field(default_factory=list)
     chords: list[tuple[pipeline, int]] = field(default_factory=list)
     units: set[str] = field(default_factory=set)
+    #: Messages enqueued a second time on purpose (same message, same id).
+    duplicates: int = 0
 
     @property
     def messages(self) -> int:
@@ -73,9 +77,10 @@ class Workload:
 
 def send_workload(broker: Any) -> Workload:
     """Send 5,000 messages: 2,000 plain; 300 pipelines of 3 steps; 150 groups
-    of 10 with a completion callback; 50 pipelines of a group of 4 and a step
-    receiving the group's results; 40 groups of 2 two-step pipelines with a
-    completion callback."""
+    of 10 with a completion callback, each member enqueued twice (1,500
+    duplicates on purpose); 50 pipelines of a group of 4 and a step receiving
+    the group's results; 40 groups of 2 two-step pipelines with a completion
+    callback."""
     actors = declare_actors(broker, QUEUE)
     work = Workload()
     work.plain = broker.enqueue_many([actors.record.message(n) for n in range(2_000)])
@@ -85,11 +90,18 @@ def send_workload(broker: Any) -> Workload:
         pipe = pipeline(steps, broker=broker)
         work.pipelines.append((pipe.run(), [1, 2, 3]))
         work.units |= {f"p{p}s{i}" for i in range(3)}
+    sent = Sent()
+    broker.add_middleware(sent)
     for g in range(150):
         members = group([actors.member.message(str(g), i) for i in range(10)], broker=broker)
         members.add_completion_callback(actors.group_done.message(str(g)))
         work.groups.append((str(g), members.run(), [i * i for i in range(10)]))
         work.units |= {f"g{g}m{i}" for i in range(10)} | {f"cb{g}"}
+        # Every member delivered twice, right away: the second copy races the
+        # first through the group's completion (the callback must still fire once).
+        work.duplicates += len(broker.enqueue_many(sent.take()))
+        sent.take()  # the copies themselves
+    sent.active = False
     for c in range(50):
         members = group([actors.member.message(f"c{c}", i) for i in range(4)], broker=broker)
         chord = pipeline([members, actors.total.message(str(c))], broker=broker)
@@ -106,6 +118,22 @@ def send_workload(broker: Any) -> Workload:
         work.units |= {f"pq{q}{side}s{i}" for side in "ab" for i in range(2)} | {f"cbq{q}"}
     assert work.messages == TOTAL
     return work
+
+
+class Sent(Middleware):
+    """Remembers what the sending process enqueued since the last ``take()``."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message[Any]] = []
+        self.active = True
+
+    def after_enqueue(self, broker: Any, message: Message[Any], delay: int | None) -> None:
+        if self.active:
+            self.messages.append(message)
+
+    def take(self) -> list[Message[Any]]:
+        taken, self.messages = self.messages, []
+        return taken
 
 
 # Worker processes ---------------------------------------------------------------------
@@ -157,14 +185,16 @@ class Pool:
         self.started += 1
         return ChaosWorker(self.config, self.directory / f"worker-{self.started}.log")
 
-    def kill_one(self) -> ChaosWorker:
-        """SIGKILL the oldest worker and start a new one; returns the dead one."""
+    def kill_one(self, then: Callable[[ChaosWorker], Any] = lambda victim: None) -> Any:
+        """SIGKILL the oldest worker, call ``then(victim)`` at once (before its
+        messages can be redelivered), start a new worker; returns what ``then`` did."""
         victim = self.workers.pop(0)
         assert victim.proc.poll() is None, f"worker {victim.pid} died by itself:\n{victim.log.read_text()}"
         assert victim.kill() == -signal.SIGKILL
         self.kills += 1
+        found = then(victim)
         self.workers.append(self._start())
-        return victim
+        return found
 
     def stop(self) -> None:
         for worker in self.workers:
@@ -199,7 +229,7 @@ def run_chaos(progress: Callable[[], int], events: list[tuple[float, Callable[[]
     return fired
 
 
-def finish(progress: Callable[[], int], join: Callable[[], None], timeout: float = 45) -> None:
+def finish(progress: Callable[[], int], join: Callable[[], None], timeout: float = 90) -> None:
     """Wait for every unit to be processed and the queue to drain; on a
     timeout, carry on to :func:`check`, which reports what is missing."""
     try:
@@ -242,9 +272,11 @@ def check(work: Workload, backend: Any, recorder: redis.Redis, label: str, extra
     figures = {
         "test": label,
         "sent": work.messages,
+        "duplicates_sent": work.duplicates,
         "processed": len(runs),
         "runs": sum(runs.values()),
         "duplicated": duplicates,
+        "duplicated_by_faults": duplicates - work.duplicates,
         "lost": len(lost),
         "pipelines": len(work.pipelines) + len(work.chords),
         "groups": len(work.groups),
@@ -316,8 +348,8 @@ def test_redis_broker_survives_sigkills_and_redis_restarts(chaos_redis, recorder
     held: list[int] = []
 
     def kill() -> None:
-        pool.kill_one()
-        held.append(reconnecting(lambda: broker.stats(QUEUE).in_flight))  # still in the dead worker's ack set
+        # What the dead worker held: still in its ack set.
+        held.append(pool.kill_one(lambda victim: reconnecting(lambda: broker.stats(QUEUE).in_flight)))
 
     started = time.monotonic()
     try:
@@ -390,8 +422,8 @@ def test_database_broker_survives_sigkills(db_alias, recorder, redis_url, tmp_pa
     rows = QueuedMessage.objects.using(db_alias)
 
     def kill() -> None:
-        victim = pool.kill_one()
-        held.append(rows.filter(state=MessageState.CLAIMED, claimed_by__contains=f":{victim.pid}:").count())
+        claims = rows.filter(state=MessageState.CLAIMED)
+        held.append(pool.kill_one(lambda victim: claims.filter(claimed_by__contains=f":{victim.pid}:").count()))
 
     started = time.monotonic()
     try:
@@ -441,3 +473,50 @@ def test_a_hand_back_that_fails_during_an_outage_is_done_once_redis_answers(chao
         broker.join(QUEUE, timeout=5_000)
     finally:
         broker.close()
+
+
+@pytest.mark.redis
+def test_a_group_callback_enqueued_twice_runs_once_and_a_redelivery_runs_again(redis_url):
+    """What a take-over after a crash between enqueueing a group's callback
+    and recording it does: enqueue the callback again. That second enqueue
+    must not run; a redelivery of the first (same broker handle) must."""
+    from django_actors import actor
+    from django_actors.broker import MessageProxy
+    from django_actors.composition import CALLBACK_OPTION, check_cancelled
+    from django_actors.middleware.middleware import SkipMessage
+    from django_actors.worker import Worker
+
+    broker = build_broker({"broker": "redis", "url": redis_url, "heartbeat_timeout": 1000})
+    sent = Sent()
+    broker.add_middleware(sent)
+    fired: list[str] = []
+
+    @actor(broker=broker, queue_name=QUEUE, actor_name="cb_member")
+    def cb_member(i: int) -> int:
+        return i
+
+    @actor(broker=broker, queue_name=QUEUE, actor_name="cb_done")
+    def cb_done(tag: str) -> None:
+        fired.append(tag)
+
+    members = group([cb_member.message(i) for i in range(3)], broker=broker)
+    members.add_completion_callback(cb_done.message("done"))
+    members.run()
+    worker = Worker(broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    try:
+        wait_for(lambda: fired == ["done"], 10, what="the callback")
+        [callback] = [m for m in sent.take() if m.actor_name == "cb_done"]
+        assert callback.options[CALLBACK_OPTION] == members.id
+        broker.enqueue(callback)  # enqueued a second time, as a take-over would
+        broker.join(QUEUE, timeout=10_000)
+        assert fired == ["done"]
+    finally:
+        worker.stop()
+    # The claim is per broker handle: the same handle (a redelivery) passes, another is skipped.
+    first = MessageProxy(callback.copy(options={**callback.options, CALLBACK_OPTION: "g-1"}), tag="0001:0")
+    check_cancelled(broker, first)
+    check_cancelled(broker, MessageProxy(first.message, tag="0001:0"))
+    with pytest.raises(SkipMessage, match="already ran"):
+        check_cancelled(broker, MessageProxy(first.message, tag="0002:0"))
+    broker.close()
