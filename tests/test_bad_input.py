@@ -21,7 +21,6 @@ On every broker (stub, Redis, the database broker on SQLite and PostgreSQL):
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -63,8 +62,9 @@ BROKERS = [
 class Bench:
     """A broker of one kind with a results backend, two actors and a worker."""
 
-    def __init__(self, kind: str, request: pytest.FixtureRequest) -> None:
+    def __init__(self, kind: str, request: pytest.FixtureRequest, *, results: Any = None) -> None:
         self.kind = kind
+        self.results = results
         self.alias = {"sqlite": "default", "postgres": "pg"}.get(kind)
         self.ran: list[Any] = []
         self.worker: Worker | None = None
@@ -105,7 +105,7 @@ class Bench:
         self.ok, self.stored = ok, stored
 
     def _middleware(self) -> list[Any]:
-        return [*default_middleware(), Results(backend=self.backend)]
+        return [*default_middleware(), Results(backend=self.results or self.backend)]
 
     def start(self) -> Worker:
         self.worker = Worker(self.broker, worker_threads=2, worker_timeout=50)
@@ -146,6 +146,13 @@ class Bench:
             stats = self.broker.stats(QUEUE)
             return int(stats.ready + stats.delayed)
         return int(self.broker.pending_count(QUEUE))
+
+    def held(self) -> int:
+        """Messages the broker still holds for the queue: ready, delayed or in flight."""
+        if self.kind == "stub":
+            return int(self.broker.queues[QUEUE].unacked) + self.pending()
+        stats = self.broker.stats(QUEUE)
+        return int(stats.ready + stats.delayed + stats.in_flight)
 
     def dead(self) -> list[tuple[str, str]]:
         """(message_id, reason) of every dead letter."""
@@ -383,8 +390,26 @@ def test_garbage_written_into_the_redis_structures_is_dead_lettered(redis_url: s
 # A results backend that is down ------------------------------------------------------------
 
 
-@pytest.mark.redis
-def test_a_results_backend_that_is_down(tmp_path) -> None:
+@pytest.fixture
+def down_backend(tmp_path) -> Iterator[tuple[Any, RedisProcess]]:
+    """A RedisBackend on a closed port, and the server that can be started there later."""
+    from django_actors.results.backends.redis import RedisBackend
+
+    server = RedisProcess(tmp_path, port=free_port())  # not started yet
+    backend = RedisBackend(url=server.url, socket_connect_timeout=0.5)
+    yield backend, server
+    server.stop()
+    backend.close()
+
+
+@pytest.fixture(params=BROKERS)
+def bench_without_results(request: pytest.FixtureRequest, down_backend: Any) -> Iterator[Bench]:
+    bench = Bench(request.param, request, results=down_backend[0])
+    yield bench
+    bench.close()
+
+
+def test_a_results_backend_that_is_down(bench_without_results: Bench, down_backend: Any) -> None:
     """Decided behaviour: sending does not touch the results backend, so it
     works; running a composition needs it and fails at ``run()`` with
     ``ConnectionClosed``, nothing sent; a caller asking for a result gets
@@ -392,50 +417,27 @@ def test_a_results_backend_that_is_down(tmp_path) -> None:
     cannot be stored is not acked: it is handed back (after a pause that
     grows while the backend stays down) and runs again, while the other
     messages go on; once the backend is back its result is stored."""
-    from django_actors.results.backends.redis import RedisBackend
-
-    server = RedisProcess(tmp_path, port=free_port())  # not started yet: a closed port
-    backend = RedisBackend(url=server.url, socket_connect_timeout=0.5)
-    broker = StubBroker(middleware=[*default_middleware(), Results(backend=backend)])
-    runs: list[str] = []
-    lock = threading.Lock()
-
-    @actor(broker=broker, queue_name=QUEUE, actor_name="stored", store_results=True, max_retries=0)
-    def stored(tag: str) -> str:
-        with lock:
-            runs.append(tag)
-        return tag.upper()
-
-    @actor(broker=broker, queue_name=QUEUE, actor_name="plain", max_retries=0)
-    def plain(tag: str) -> None:
-        with lock:
-            runs.append(tag)
-
-    needs_results = stored.send("needs-results")  # sending works
+    bench, (backend, server) = bench_without_results, down_backend
+    needs_results = bench.stored.send("needs-results")  # sending works
     for n in range(20):
-        plain.send(f"plain-{n}")
+        bench.ok.send(f"plain-{n}")
     with pytest.raises(ConnectionClosed):
-        pipeline([stored.message("a"), stored.message()], broker=broker).run()
-    assert len(broker.queues[QUEUE]) == 21  # the pipeline sent nothing
+        pipeline([bench.stored.message("a"), bench.stored.message()], broker=bench.broker).run()
+    assert bench.pending() == 21  # the pipeline sent nothing
     with pytest.raises(ConnectionClosed):
         needs_results.get_result(backend=backend, block=True, timeout=60_000)
 
-    worker = Worker(broker, worker_threads=2, worker_timeout=50)
-    worker.start()
-    try:
-        wait_for(lambda: sum(tag.startswith("plain") for tag in runs) == 20, 10, what="the other messages")
-        time.sleep(1.0)  # the outage goes on: the message must neither be acked nor spin
-        attempts = runs.count("needs-results")
-        assert 1 <= attempts <= 8, f"{attempts} runs in a second: the worker spins on the message"
-        assert broker.dead_letters == []
-        assert broker.queues[QUEUE].unacked + len(broker.queues[QUEUE]) == 1  # still in the broker
-        server.start()
-        assert needs_results.get_result(backend=backend, block=True, timeout=15_000) == "NEEDS-RESULTS"
-        broker.join(QUEUE, timeout=10_000)
-    finally:
-        worker.stop()
-        server.stop()
-        broker.close()
+    bench.start()
+    wait_for(lambda: sum(str(tag).startswith("plain") for tag in bench.ran) == 20, 10, what="the other messages")
+    time.sleep(1.0)  # the outage goes on: the message must neither be acked nor spin
+    attempts = bench.ran.count("needs-results")
+    assert 1 <= attempts <= 8, f"{attempts} runs in a second: the worker spins on the message"
+    assert bench.dead() == []
+    assert bench.held() == 1  # still in the broker, ready or in flight
+    server.start()
+    assert needs_results.get_result(backend=backend, block=True, timeout=15_000) == "needs-results"
+    bench.join()
+    assert bench.held() == 0
 
 
 # Settings ----------------------------------------------------------------------------------
