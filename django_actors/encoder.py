@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import threading
 from typing import Any
 
 from .errors import DecodeError
@@ -37,12 +38,45 @@ class JSONEncoder(Encoder):
     def __init__(self) -> None:
         self._encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True)
         self._decoder = json.JSONDecoder()
+        self._local = threading.local()
+
+    def _c_encoder(self) -> Any:
+        """This thread's C encoder with the settings of ``self._encoder``
+        (what ``json.JSONEncoder.encode`` builds anew on every call), or
+        ``None`` without the C accelerator."""
+        make = getattr(json.encoder, "c_make_encoder", None)
+        if make is None:
+            return None
+        settings = self._encoder
+        try:
+            return make(
+                {},  # the markers of circular-reference detection: this thread's own
+                settings.default,
+                json.encoder.encode_basestring,  # ensure_ascii=False
+                None,
+                settings.key_separator,
+                settings.item_separator,
+                settings.sort_keys,
+                settings.skipkeys,
+                settings.allow_nan,
+            )
+        except TypeError:  # another interpreter's signature: the standard path
+            return None
 
     def encode(self, data: MessageData) -> bytes:
+        local = self._local
+        encode: Any = getattr(local, "encode", False)
+        if encode is False:
+            encode = local.encode = self._c_encoder()
         try:
-            return self._encoder.encode(data).encode("utf-8")
-        except ValueError as exc:  # circular references
-            raise TypeError(str(exc)) from exc
+            if encode is None:
+                return self._encoder.encode(data).encode("utf-8")
+            return "".join(encode(data, 0)).encode("utf-8")
+        except BaseException as exc:
+            local.encode = False  # its markers may be left dirty: a new one next time
+            if isinstance(exc, ValueError):  # circular references
+                raise TypeError(str(exc)) from exc
+            raise
 
     def decode(self, data: bytes) -> MessageData:
         try:
