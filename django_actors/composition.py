@@ -216,8 +216,7 @@ class _Composition:
         # stored or sent; the encodings are what is sent.
         prepared, eta = broker._prepare_many(messages, delay)
         backend._store_many(plan.records, _ttl(backend))
-        for start in range(0, len(prepared), BATCH_SIZE):
-            broker._send_prepared(prepared[start : start + BATCH_SIZE], eta, delay)
+        broker._send_prepared(prepared, eta, delay)  # the broker sends them in chunks of its own
         for composition in plan.compositions:
             composition._ran = True
         if empty:
@@ -526,8 +525,7 @@ class group(_Composition):  # noqa: N801 - dramatiq's name
                 "A group of pipelines or groups needs a results backend: add the Results middleware."
             )
         prepared, eta = broker._prepare_many(self.children, delay)  # type: ignore[arg-type]
-        for start in range(0, len(prepared), BATCH_SIZE):  # all encoded before any is sent
-            broker._send_prepared(prepared[start : start + BATCH_SIZE], eta, delay)
+        broker._send_prepared(prepared, eta, delay)  # all encoded before any is sent
 
     def __repr__(self) -> str:
         return f"group({self.id}, {len(self)} members)"

@@ -232,7 +232,7 @@ class Lane:
 
     def __init__(self, pool: redis.ConnectionPool) -> None:
         self.pool = pool
-        self._idle: list[Any] = []
+        self._idle: list[_LaneConnection] = []
         self._pid = os.getpid()
         self._closed = False
 
@@ -277,6 +277,34 @@ class Lane:
             else:
                 lane_connection.connection.disconnect()
 
+    def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send several commands at once (a pipeline: Redis runs the first
+        while the others are still being sent) and return their replies, in
+        order; an error reply is returned as its exception, not raised.
+
+        Raises:
+          redis.exceptions.ConnectionError, TimeoutError: as :meth:`execute`.
+        """
+        if self._pid != os.getpid():
+            self._idle, self._pid = [], os.getpid()
+        try:
+            lane_connection = self._idle.pop()
+        except IndexError:
+            lane_connection = _LaneConnection(self.pool.connection_class(**self.pool.connection_kwargs))
+        else:
+            if _unusable(lane_connection.connection):
+                lane_connection.connection.disconnect()
+        clean = False
+        try:
+            replies: list[Any] = lane_connection.call_many(commands)
+            clean = True
+            return replies
+        finally:
+            if clean and not self._closed:
+                self._idle.append(lane_connection)
+            else:
+                lane_connection.connection.disconnect()
+
     def close(self) -> None:
         """Close the idle connections; busy ones are closed when they come back."""
         self._closed = True
@@ -288,10 +316,8 @@ class Lane:
     def __del__(self) -> None:
         # A lane dropped without close() (its broker or backend was never
         # closed) still closes its sockets; redis-py's pool does the same.
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
 
 
 class _LaneConnection:
@@ -309,12 +335,8 @@ class _LaneConnection:
         self.reader: Any = None
         self.sock: Any = None
 
-    def call(self, args: tuple[Any, ...]) -> Any:
+    def _socket(self) -> Any:
         connection = self.connection
-        buffer = self.buffer
-        if buffer is None:
-            connection.send_packed_command(connection.pack_command(*args), check_health=False)
-            return connection.read_response()
         sock = connection._sock
         if sock is None:
             connection.connect()
@@ -324,6 +346,49 @@ class _LaneConnection:
             self.reader = hiredis.Reader(
                 protocolError=redis.exceptions.InvalidResponse, replyError=_reply_error, notEnoughData=_PENDING
             )
+        return sock
+
+    def call_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send every command, then read every reply (error replies returned)."""
+        connection = self.connection
+        buffer = self.buffer
+        replies: list[Any] = []
+        if buffer is None:
+            for args in commands:
+                connection.send_packed_command(connection.pack_command(*args), check_health=False)
+            for _ in commands:
+                try:
+                    replies.append(connection.read_response())
+                except redis.exceptions.ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        sock = self._socket()
+        reader = self.reader
+        try:
+            for args in commands:
+                sock.sendall(hiredis.pack_command(args))
+            while len(replies) < len(commands):
+                reply = reader.gets()
+                if reply is not _PENDING:
+                    replies.append(reply)
+                    continue
+                received = sock.recv_into(buffer)
+                if not received:
+                    raise redis.exceptions.ConnectionError("Connection closed by server.")
+                reader.feed(buffer, 0, received)
+        except TimeoutError as exc:  # socket.timeout
+            raise redis.exceptions.TimeoutError(f"Timeout talking to Redis: {exc}") from exc
+        except OSError as exc:
+            raise redis.exceptions.ConnectionError(f"Error talking to Redis: {exc}") from exc
+        return replies
+
+    def call(self, args: tuple[Any, ...]) -> Any:
+        connection = self.connection
+        buffer = self.buffer
+        if buffer is None:
+            connection.send_packed_command(connection.pack_command(*args), check_health=False)
+            return connection.read_response()
+        sock = self._socket()
         reader = self.reader
         try:
             sock.sendall(hiredis.pack_command(args))
@@ -406,6 +471,34 @@ class LaneScript:
             if isinstance(script.sha, bytes):
                 script.sha = script.sha.decode()
             return lane.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def call_many(self, calls: list[tuple[Any, Any]]) -> list[Any]:
+        """Run the script once per ``(keys, args)``, pipelined: one write of
+        every call, then their replies, in order.
+
+        Raises:
+          redis.exceptions.ResponseError: a call failed (the others ran).
+        """
+        lane = self.lane
+        if lane is None:
+            return [self(keys=keys, args=args) for keys, args in calls]
+        script = self.script
+
+        def commands(indexes: list[int]) -> list[tuple[Any, ...]]:
+            return [("EVALSHA", script.sha, len(calls[i][0]), *calls[i][0], *calls[i][1]) for i in indexes]
+
+        replies = lane.execute_many(commands(list(range(len(calls)))))
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
+        if missing:  # those did not run: load the script and run them once more
+            script.sha = lane.execute("SCRIPT", "LOAD", script.script)
+            if isinstance(script.sha, bytes):
+                script.sha = script.sha.decode()
+            for i, reply in zip(missing, lane.execute_many(commands(missing)), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, redis.exceptions.ResponseError):
+                raise reply
+        return replies
 
 
 def client_for_cache(alias: str) -> redis.Redis:

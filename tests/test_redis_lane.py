@@ -230,3 +230,25 @@ def test_a_lane_dropped_without_close_closes_its_connections(redis_url, redis_cl
     del connection
     gc.collect()
     wait_for(lambda: client_id not in _client_ids(redis_client), what="the dropped lane's connection to close")
+
+
+def test_pipelined_commands_reply_in_order_with_errors_returned(connection):
+    lane = connection.lane()
+    assert lane is not None
+    big = b"x" * 300_000
+    replies = lane.execute_many([("ECHO", "a"), ("NO-SUCH-COMMAND",), ("ECHO", big), ("INCR", "lane:n")])
+    assert replies[0] == b"a" and replies[2] == big and replies[3] == 1
+    assert isinstance(replies[1], redis.exceptions.ResponseError)
+    assert lane.execute("ECHO", "after") == b"after" and len(lane._idle) == 1
+
+
+def test_pipelined_script_calls_survive_a_script_flush(connection, redis_client):
+    script = connection.register_script("return redis.call('incrby', KEYS[1], ARGV[1])")
+    assert script(keys=["lane:sum"], args=[1]) == 1
+    redis_client.script_flush()
+    assert script.call_many([(["lane:sum"], [10]), (["lane:sum"], [100])]) == [11, 111]
+    failing = connection.register_script("return redis.call('incr', KEYS[1])")
+    redis_client.set("lane:text", "not a number")
+    with pytest.raises(redis.exceptions.ResponseError):
+        failing.call_many([(["lane:count"], []), (["lane:text"], []), (["lane:count"], [])])
+    assert redis_client.get("lane:count") == b"2"  # the calls around the failed one ran

@@ -623,14 +623,18 @@ class RedisBroker(Broker):
         by_queue: dict[str, list[Any]] = defaultdict(list)
         for message, data in items:
             by_queue[message.queue_name].append((self._priority(message), data))
+        calls: list[tuple[list[str], list[Any]]] = []
         for queue_name, entries in by_queue.items():
             keys = self._enqueue_keys(queue_name)
             for start in range(0, len(entries), ENQUEUE_CHUNK):
                 args: list[Any] = [queue_name, when]
                 for priority, data in entries[start : start + ENQUEUE_CHUNK]:
                     args += (priority, data)
-                with translate_errors(f"enqueueing to {queue_name!r}"):
-                    script(keys=keys, args=args)
+                calls.append((keys, args))
+        # One script call per chunk of a queue, pipelined: Redis stores the
+        # first chunk while the next ones are still on their way.
+        with translate_errors(f"enqueueing to {', '.join(map(repr, by_queue))}"):
+            script.call_many(calls)
 
     def put_raw(self, queue_name: str, data: bytes, *, priority: int = 0) -> None:
         """Put raw bytes on a queue, bypassing encoding and checks (for tests
