@@ -186,7 +186,10 @@ def encoded(data: dict[str, Any]) -> bytes:
 
 
 def bad_payloads() -> list[tuple[str, bytes, str | None, str]]:
-    """(name, payload, message id when it carries one, what the dead letter's reason says)."""
+    """(name, payload, message id when it carries one, what the dead letter's reason says).
+
+    Payloads without an id are matched to dead letters in this order, so the
+    more specific reasons come first."""
     good = encoded(message_dict())
     with_id = []
     for name, data, reason in [
@@ -205,14 +208,14 @@ def bad_payloads() -> list[tuple[str, bytes, str | None, str]]:
         data["message_id"] = f"bad-{uuid.uuid4()}"
         with_id.append((name, encoded(data), data["message_id"], reason))
     return [
-        ("garbage bytes", b"\x00\xff\xfe garbage \x80", None, "undecodable"),
-        ("empty payload", b"", None, "undecodable"),
-        ("truncated JSON", good[: len(good) // 2], None, "not valid JSON"),
+        ("garbage bytes", b"\x00\xff\xfe garbage \x80", None, "codec can't decode"),
+        ("empty payload", b"", None, "Expecting value: line 1 column 1 (char 0)"),
         ("JSON array", b"[1, 2, 3]", None, "not an object"),
         ("JSON null", b"null", None, "not an object"),
         ("JSON string", b'"queue_name"', None, "not an object"),
-        ("invalid UTF-8", b'{"actor_name": "\xff\xfe"}', None, "not valid JSON"),
-        ("nested 50,000 deep", b"[" * 50_000 + b"]" * 50_000, None, "not valid JSON"),
+        ("invalid UTF-8", b'{"actor_name": "\xff\xfe"}', None, "codec can't decode"),
+        ("nested 50,000 deep", b"[" * 50_000 + b"]" * 50_000, None, "recursion"),
+        ("truncated JSON", good[: len(good) // 2], None, "not valid JSON"),  # last: the least specific
         *with_id,
     ]
 
@@ -233,6 +236,7 @@ def test_bad_payloads_are_dead_lettered_with_their_reason_and_the_worker_goes_on
     assert len(dead) == len(payloads), dead
     reasons = dict(dead)
     anonymous = [reason for message_id, reason in dead if not message_id.startswith("bad-")]
+    assert all(reason.startswith("undecodable message: ") for reason in anonymous), anonymous
     for name, _, message_id, fragment in payloads:
         if message_id is not None:
             assert fragment.lower() in reasons[message_id].lower(), (name, reasons[message_id])
