@@ -219,9 +219,9 @@ def _from_ms(value: float) -> datetime.datetime:
 #: tuples of them, so the garbage collector untracks it at once and nothing
 #: the worker is done with (messages, results, tracebacks) is kept alive.
 #: (kind, when ms, message id, actor, queue, created ms, eta ms, retries,
-#: membership (id, position, path) or None, arguments preview, text)
-#: where text is the result preview or the traceback.
-Event = tuple[int, int, str, str, str, int, Any, int, Any, str, str]
+#: membership (id, position, path) or None, arguments preview, text,
+#: started ms or None) where text is the result preview or the traceback.
+Event = tuple[int, int, str, str, str, int, Any, int, Any, str, str, Any]
 
 
 class _Row:
@@ -234,9 +234,8 @@ class _Row:
     )  # fmt: skip
 
     def __init__(self, event: Event) -> None:
-        _, _, self.message_id, self.actor_name, self.queue_name, self.enqueued_ms, self.eta_ms, _, membership, _, _ = (
-            event
-        )
+        self.message_id, self.actor_name, self.queue_name, self.enqueued_ms, self.eta_ms = event[2:7]
+        membership = event[8]
         self.composition_id: str | None = None
         self.root_id: str | None = None
         self.position: int | None = None
@@ -254,7 +253,7 @@ class _Row:
         self.worker = ""
 
     def apply(self, event: Event, worker: str) -> None:
-        kind, when, _, _, _, _, _, attempt, _, args_preview, text = event
+        kind, when, _, _, _, _, _, attempt, _, args_preview, text, started = event
         if args_preview:
             self.args_preview = args_preview
         rank = attempt * RANK_STRIDE + _EVENT_RANK[kind] if attempt > 0 else _EVENT_RANK[kind]
@@ -270,6 +269,7 @@ class _Row:
         elif kind == SUCCESS:
             self.status = "succeeded"
             self.result_preview = text
+            self.started_ms = started or self.started_ms
             self.finished_ms = when
             self.worker = worker
         elif kind == ENQUEUE:
@@ -281,6 +281,7 @@ class _Row:
             else:
                 self.status = "enqueued"
         else:
+            self.started_ms = started or self.started_ms
             self.finished_ms = when
             self.worker = worker
             self.traceback = text or self.traceback
@@ -293,6 +294,37 @@ class _Row:
             self.status, self.rank, self.retries, self.args_preview, self.result_preview, self.traceback,
             self.enqueued_ms, self.eta_ms, self.started_ms, self.finished_ms, self.worker, updated,
         )  # fmt: skip
+
+
+def _attempt(message: Message[Any]) -> int:
+    retries = message.options.get("retries", 0)
+    return retries if type(retries) is int else 0
+
+
+def _event(kind: int, when: int, message: Message[Any], text: str, started: int | None) -> Event:
+    """The flat event for ``message`` (see :data:`Event`)."""
+    options = message.options
+    membership = options.get(_OPTION)
+    retries = options.get("retries", 0)
+    if type(retries) is not int:
+        retries = 0
+    eta = options.get("eta")
+    if kind == ENQUEUE and retries:
+        text = str(options.get("traceback") or "")[-TRACEBACK_LENGTH:]
+    return (
+        kind,
+        when,
+        message.message_id,
+        message.actor_name,
+        message.queue_name,
+        message.message_timestamp,
+        eta if type(eta) is int else None,
+        retries,
+        None if membership is None else _membership(membership),
+        preview_call(message.args, message.kwargs),
+        text,
+        started,
+    )
 
 
 class _Touch:
@@ -351,6 +383,9 @@ class Recorder:
     ``record`` may be called from any thread; it only appends to a deque.
     """
 
+    #: How often an idle worker writes its heartbeat, in seconds.
+    heartbeat_interval = HEARTBEAT_INTERVAL
+
     def __init__(
         self,
         *,
@@ -381,7 +416,10 @@ class Recorder:
         self._worker_dirty = False
         self._last_heartbeat = 0.0
         self._last_prune = time.monotonic()
-        self._in_flight = 0
+        #: message id -> (start ms, message) for the messages running now.
+        self._running: dict[str, tuple[int, Message[Any]]] = {}
+        #: (message id, attempt) of the running messages whose "started" row was written.
+        self._started_written: set[tuple[str, int]] = set()
         self._processed = 0
         self._failed = 0
         self._warned_full = False
@@ -391,7 +429,12 @@ class Recorder:
     # Hot path -------------------------------------------------------------------
 
     def record(self, broker: Broker, kind: int, message: Message[Any], extra: Any = None) -> None:
-        """Buffer one event: no I/O, a few microseconds.
+        """Buffer one event: no I/O, a microsecond or two.
+
+        A START only notes the message as running: the event that ends it
+        carries its start time, and the flusher writes "started" for the
+        messages still running when it flushes. Most messages thus cost one
+        event and one row write, however short they run.
 
         Parameters:
           kind: ENQUEUE, START, SUCCESS (``extra``: the result), ERROR
@@ -399,40 +442,30 @@ class Recorder:
             ``(exception, reason)``).
         """
         self.broker = broker
-        options = message.options
-        membership = options.get(_OPTION)
-        if membership is not None:
-            membership = _membership(membership)
-        retries = options.get("retries", 0)
-        eta = options.get("eta")
-        args = text = ""
-        if kind in (START, ENQUEUE):
-            args = preview_call(message.args, message.kwargs)
-            if kind == ENQUEUE and retries:
-                text = str(options.get("traceback") or "")[-TRACEBACK_LENGTH:]
-        elif kind == SUCCESS:
+        if kind == START:
+            self._running[message.message_id] = (int(time.time() * 1000), message)
+            if self._thread is None:
+                self.start()
+            return
+        started = None
+        if kind != ENQUEUE:
+            running = self._running.pop(message.message_id, None)
+            started = running[0] if running is not None else None
+        text = ""
+        if kind == SUCCESS:
             text = preview_value(extra)
         elif kind == ERROR:
             text = format_failure(extra)
         elif kind == NACK:
             text = format_failure(*extra)
-        self._events.append(
-            (
-                kind,
-                int(time.time() * 1000),
-                message.message_id,
-                message.actor_name,
-                message.queue_name,
-                message.message_timestamp,
-                eta if type(eta) is int else None,
-                retries if type(retries) is int else 0,
-                membership,
-                args,
-                text,
-            )
-        )
+        self._events.append(_event(kind, int(time.time() * 1000), message, text, started))
         if self._thread is None:
             self.start()
+
+    @property
+    def in_flight(self) -> int:
+        """How many messages this process is running now."""
+        return len(self._running)
 
     # Lifecycle ----------------------------------------------------------------------
 
@@ -468,6 +501,8 @@ class Recorder:
     def _after_fork(self) -> None:
         # The child inherits the parent's buffer (the parent writes it) but not its thread.
         self._events.clear()
+        self._running.clear()
+        self._started_written.clear()
         self._thread = None
         self._worker = None
         self._flush_lock = threading.Lock()
@@ -532,6 +567,19 @@ class Recorder:
 
         return router.db_for_write(MessageRecord) or "default"
 
+    def _started_events(self) -> list[Event]:
+        """ "started" events for the messages running now whose start is not written yet."""
+        running = list(self._running.items())  # one C call: safe while worker threads add and pop
+        now = {(message_id, _attempt(message)) for message_id, (_, message) in running}
+        self._started_written &= now
+        events = []
+        for message_id, (started, message) in running:
+            key = (message_id, _attempt(message))
+            if key not in self._started_written:
+                self._started_written.add(key)
+                events.append(_event(START, started, message, "", started))
+        return events
+
     def _drain(self) -> list[Event]:
         events = []
         pop = self._events.popleft
@@ -562,8 +610,9 @@ class Recorder:
                     self.max_buffer,
                 )
             events = self._drain()
+            events += self._started_events()
             heartbeat_due = self._worker is not None and (
-                self._worker_dirty or time.monotonic() - self._last_heartbeat >= HEARTBEAT_INTERVAL
+                self._worker_dirty or time.monotonic() - self._last_heartbeat >= self.heartbeat_interval
             )
             if not events and not self._recheck and not heartbeat_due:
                 self._maybe_prune()
@@ -594,16 +643,12 @@ class Recorder:
             if row is None:
                 row = rows[message_id] = _Row(event)
             row.apply(event, worker if kind != ENQUEUE else "")
-            if kind == START:
-                self._in_flight += 1
+            if kind == SUCCESS:
+                self._processed += 1
+                minutes.setdefault(when // 60_000, [0, 0])[0] += 1
             elif kind == NACK:
                 self._failed += 1
                 minutes.setdefault(when // 60_000, [0, 0])[1] += 1
-            elif kind != ENQUEUE:
-                self._in_flight = max(self._in_flight - 1, 0)
-                if kind == SUCCESS:
-                    self._processed += 1
-                    minutes.setdefault(when // 60_000, [0, 0])[0] += 1
             if event[8] is not None:
                 self._touch(touched, fresh, event, row)
         self._recheck = {}
@@ -639,8 +684,9 @@ class Recorder:
             touch.first = created if touch.first is None else min(touch.first, created)
             if kind != ENQUEUE:
                 touch.active = True
-                if kind == START:
-                    touch.started = when if touch.started is None else min(touch.started, when)
+                began = when if kind == START else event[11]
+                if began is not None:
+                    touch.started = began if touch.started is None else min(touch.started, began)
         owner = touched.get(row.composition_id or "")
         if owner is not None and row.position is not None:
             owner.names.setdefault(row.position, row.actor_name)
@@ -831,7 +877,7 @@ class Recorder:
                 "pid": int(pid),
                 "queues": state["queues"],
                 "threads": state["threads"],
-                "in_flight": self._in_flight if state["stopped"] is None else 0,
+                "in_flight": len(self._running) if state["stopped"] is None else 0,
                 "processed": self._processed,
                 "failed": self._failed,
                 "started": state["started"],
