@@ -3,13 +3,16 @@
 How it works
 ------------
 The :class:`~django_actors.middleware.mirror.Mirror` middleware appends one
-small tuple per event (enqueued, started, succeeded, errored, skipped,
-dead-lettered) to a :class:`Recorder`'s deque. That is all the hot path
-does: no database work, no formatting.
+small tuple of strings and numbers per event (enqueued, succeeded, errored,
+skipped, dead-lettered; with bounded, redacted previews) to a
+:class:`Recorder`'s deque. A start only notes the message as running: the
+event that ends it carries the start time. That is all the hot path does,
+a microsecond or two per event: no database work.
 
 A daemon thread per process (the flusher) drains the deque every
-``flush_interval`` milliseconds (and when a worker stops) and writes it in a
-few statements inside one transaction:
+``flush_interval`` milliseconds (and when a worker stops), adds a "started"
+event for each message still running, and writes them in a few statements
+inside one transaction:
 
 1. The events are folded into one row per message, and the rows are upserted
    with a single ``executemany`` of ``INSERT ... ON CONFLICT (message_id) DO
@@ -22,7 +25,8 @@ few statements inside one transaction:
    cancel (and, for ones this process has not seen yet, meta) records and one
    ``_count_members`` for all their completion counters. Failed and skipped
    members are counted in the mirror itself with one grouped query.
-3. A worker process writes its heartbeat row.
+3. Finished counts are added to the per-minute rows of the throughput chart.
+4. A worker process writes its heartbeat row (at least every 5 seconds).
 
 Rows older than the retention are pruned by the flusher about once an hour,
 and by ``manage.py prune_mirror``.
