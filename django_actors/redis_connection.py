@@ -235,6 +235,12 @@ class Lane:
         self._idle: list[_LaneConnection] = []
         self._pid = os.getpid()
         self._closed = False
+        self._kwargs = dict(pool.connection_kwargs)
+        if _RAW:  # redis-py's own read buffer only serves the handshake then
+            self._kwargs["socket_read_size"] = 4096
+
+    def _connection(self) -> _LaneConnection:
+        return _LaneConnection(self.pool.connection_class(**self._kwargs))
 
     @classmethod
     def for_client(cls, client: redis.Redis) -> Lane | None:
@@ -256,7 +262,7 @@ class Lane:
         try:
             lane_connection = self._idle.pop()
         except IndexError:
-            lane_connection = _LaneConnection(self.pool.connection_class(**self.pool.connection_kwargs))
+            lane_connection = self._connection()
         else:
             if _unusable(lane_connection.connection):
                 # Closed by the server while idle (a Redis restart, an idle
@@ -290,7 +296,7 @@ class Lane:
         try:
             lane_connection = self._idle.pop()
         except IndexError:
-            lane_connection = _LaneConnection(self.pool.connection_class(**self.pool.connection_kwargs))
+            lane_connection = self._connection()
         else:
             if _unusable(lane_connection.connection):
                 lane_connection.connection.disconnect()
@@ -331,7 +337,7 @@ class _LaneConnection:
     def __init__(self, connection: Any) -> None:
         self.connection = connection
         raw = _RAW and hasattr(connection, "_sock")
-        self.buffer = bytearray(65536) if raw else None
+        self.buffer = bytearray(16384) if raw else None  # replies may be larger: read in turns
         self.reader: Any = None
         self.sock: Any = None
 
