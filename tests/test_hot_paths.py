@@ -147,3 +147,26 @@ def test_a_pipeline_runs_end_to_end(broker):
         assert p.get_result(block=True, timeout=10_000) == 10
     finally:
         worker.stop(timeout=5_000)
+
+
+def test_send_goes_through_a_subclass_send_with_options(broker):
+    from django_actors import Actor
+
+    class Tagged(Actor):
+        def send_with_options(self, *, args=(), kwargs=None, delay=None, **options):
+            options.setdefault("max_retries", 1)
+            return super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
+
+    @actor(broker=broker, actor_name="tagged", queue_name="tagged", actor_class=Tagged)
+    def tagged(n):
+        pass
+
+    @actor(broker=broker, actor_name="plain", queue_name="tagged")
+    def plain(n):
+        pass
+
+    assert tagged.send(1).options == {"max_retries": 1}
+    sent = plain.send(2, x=3)
+    assert (sent.args, sent.kwargs, sent.options) == ((2,), {"x": 3}, {})
+    [first, second] = broker.consume("tagged", prefetch=2, timeout=100).fetch(2)
+    assert first.options == {"max_retries": 1} and second.args == (2,) and second.kwargs == {"x": 3}
