@@ -220,7 +220,7 @@ def run_chaos(progress: Callable[[], int], events: list[tuple[float, Callable[[]
     fired = 0
     for fraction, action in events:
         try:
-            wait_for(lambda f=fraction: progress() >= f * TOTAL, 30, interval=0.02, what=f"{fraction:.0%} processed")
+            wait_for(lambda f=fraction: progress() >= f * TOTAL, 60, interval=0.02, what=f"{fraction:.0%} processed")
         except AssertionError as exc:
             print(f"\nstalled: {exc}")
             break
