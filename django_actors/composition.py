@@ -211,7 +211,7 @@ class _Composition:
         spec = plan.add(self, None, [])
         messages: list[Message[Any]] = []
         empty: list[tuple[str, list[str]]] = []
-        _collect(broker, spec, _NOTHING, [], messages, empty, trusted=True)
+        _collect(broker, spec, _NOTHING, [], messages, empty)
         # Every message is encoded (and checked) once, before anything is
         # stored or sent; the encodings are what is sent.
         prepared, eta = broker._prepare_many(messages, delay)
@@ -538,8 +538,9 @@ class _Plan:
     """Collects the records ``run()`` stores: a meta record per composition
     and a launch spec per pipeline step after the first.
 
-    A launch spec is ``{"m": message}`` (membership option included),
-    ``{"p": id, "f": spec of step 0}`` or ``{"g": id, "c": [specs]}``.
+    A launch spec is ``{"m": message}`` (membership option included; the
+    :class:`Message` here, its dict form once stored), ``{"p": id, "f": spec
+    of step 0}`` or ``{"g": id, "c": [specs]}``.
     """
 
     def __init__(self, backend: ResultBackend) -> None:
@@ -568,7 +569,7 @@ class _Plan:
                 if position == 0:
                     first = spec
                 else:
-                    self.records[_key(backend, cid, f"s:{position}")] = spec
+                    self.records[_key(backend, cid, f"s:{position}")] = _stored(spec)
             return {"p": cid, "f": first}
         assert isinstance(composition, group)
         self.records[_key(backend, cid, "meta")] = {
@@ -584,10 +585,30 @@ class _Plan:
 
     def child(self, child: Message[Any] | pipeline | group, up: list[Any], path: list[str]) -> dict[str, Any]:
         if isinstance(child, Message):
-            data = child.asdict()
-            data["options"] = {**child.options, OPTION: {"id": up[0], "pos": up[1], "path": path}}
-            return {"m": data}
+            # The member message itself (a copy with its membership option):
+            # run() sends it as it is; _stored() turns it into its dict form
+            # where the spec is stored.
+            member: Message[Any] = Message(
+                queue_name=child.queue_name,
+                actor_name=child.actor_name,
+                args=child.args,
+                kwargs=child.kwargs,
+                options={**child.options, OPTION: {"id": up[0], "pos": up[1], "path": path}},
+                message_id=child.message_id,
+                message_timestamp=child.message_timestamp,
+            )
+            return {"m": member}
         return self.add(child, up, path)
+
+
+def _stored(spec: dict[str, Any]) -> dict[str, Any]:
+    """A launch spec as stored: its messages in their dict form."""
+    if "m" in spec:
+        message = spec["m"]
+        return {"m": message.asdict() if isinstance(message, Message) else message}
+    if "p" in spec:
+        return {"p": spec["p"], "f": _stored(spec["f"])}
+    return {"g": spec["g"], "c": [_stored(child) for child in spec["c"]]}
 
 
 def _ignores_input(broker: Broker, message: Message[Any]) -> bool:
@@ -601,41 +622,27 @@ def _collect(
     path: list[str],
     messages: list[Message[Any]],
     empty: list[tuple[str, list[str]]],
-    *,
-    trusted: bool = False,
 ) -> None:
     """Gather the messages that start ``spec``, with ``value`` (the previous
     step's result) appended to their arguments, and the empty groups in it.
 
-    ``trusted``: the spec was just built here from valid messages (``run()``),
-    so its messages are rebuilt without validating them again; specs read
-    back from the backend are validated.
+    A spec planned by ``run()`` holds its messages; one read back from the
+    backend holds their dict form, which is validated.
     """
     if "m" in spec:
         data = spec["m"]
-        if trusted:
-            message: Message[Any] = Message(
-                queue_name=data["queue_name"],
-                actor_name=data["actor_name"],
-                args=data["args"],
-                kwargs=data["kwargs"],
-                options=data["options"],
-                message_id=data["message_id"],
-                message_timestamp=data["message_timestamp"],
-            )
-        else:
-            message = Message.from_dict(data)
+        message = data if isinstance(data, Message) else Message.from_dict(data)
         if value is not _NOTHING and not _ignores_input(broker, message):
             message = message.copy(args=(*message.args, value))
         messages.append(message)
     elif "p" in spec:
-        _collect(broker, spec["f"], value, [*path, spec["p"]], messages, empty, trusted=trusted)
+        _collect(broker, spec["f"], value, [*path, spec["p"]], messages, empty)
     else:
         inner = [*path, spec["g"]]
         if not spec["c"]:
             empty.append((spec["g"], inner))
         for child in spec["c"]:
-            _collect(broker, child, value, inner, messages, empty, trusted=trusted)
+            _collect(broker, child, value, inner, messages, empty)
 
 
 # Worker side -----------------------------------------------------------------------

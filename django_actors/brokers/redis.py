@@ -621,8 +621,12 @@ class RedisBroker(Broker):
                 ) from exc
             return
         by_queue: dict[str, list[Any]] = defaultdict(list)
+        priorities: dict[str, int] = {}
         for message, data in items:
-            by_queue[message.queue_name].append((self._priority(message), data))
+            priority = priorities.get(message.actor_name)
+            if priority is None:
+                priority = priorities[message.actor_name] = self._priority(message)
+            by_queue[message.queue_name].append((priority, data))
         calls: list[tuple[list[str], list[Any]]] = []
         for queue_name, entries in by_queue.items():
             keys = self._enqueue_keys(queue_name)
