@@ -361,7 +361,7 @@ class WorkerRecordAdmin(_ReadOnly, admin.ModelAdmin):
 
     @admin.display(description=_("state"))
     def state_display(self, obj: WorkerRecord) -> str:
-        return status_badge(obj.state, obj.state)
+        return status_badge(obj.badge, obj.state)
 
 
 __all__ = ["CompositionAdmin", "DashboardAdmin", "MessageRecordAdmin", "WorkerRecordAdmin"]

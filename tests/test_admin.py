@@ -276,7 +276,7 @@ def test_the_dashboard_shows_queues_workers_and_throughput(superuser_client, bro
     html = response.content.decode()
     row = re.search(r"<tr><td>dash.*?</tr>", html, re.S).group(0)
     assert re.findall(r'da-num[^"]*">(\d+|-)</td>', row) == ["3", "1", "0", "0"]
-    assert "host-a:10" in html and "da-status-running" in html
+    assert "host-a:10" in html and "da-status-alive\">running" in html
     assert "host-b:11" in html and "da-status-lost" in html
     assert '<svg class="da-chart"' in html and html.count('<rect class="da-chart-ok"') == 60
     assert "1 succeeded, 2 failed" in html  # the bar of that minute

@@ -341,6 +341,12 @@ class WorkerRecord(models.Model):
             return "lost"
         return "running"
 
+    @property
+    def badge(self) -> str:
+        """The CSS name of :attr:`state` (a running worker is a healthy one)."""
+        state = self.state
+        return "alive" if state == "running" else state
+
 
 __all__ = [
     "COMPOSITION_RANK",
