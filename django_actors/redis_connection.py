@@ -410,7 +410,7 @@ class _LaneConnection:
             raise redis.exceptions.TimeoutError(f"Timeout talking to Redis: {exc}") from exc
         except OSError as exc:
             raise redis.exceptions.ConnectionError(f"Error talking to Redis: {exc}") from exc
-        if isinstance(reply, redis.exceptions.ResponseError):
+        if isinstance(reply, Exception):  # an error reply: ResponseError, or LOADING (a ConnectionError)
             raise reply
         return reply
 
@@ -502,7 +502,7 @@ class LaneScript:
             for i, reply in zip(missing, lane.execute_many(commands(missing)), strict=True):
                 replies[i] = reply
         for reply in replies:
-            if isinstance(reply, redis.exceptions.ResponseError):
+            if isinstance(reply, Exception):  # ResponseError, or LOADING while Redis restarts
                 raise reply
         return replies
 
