@@ -8,7 +8,7 @@ callbacks need):
 ``noop(n)``        does nothing but count itself (drain, memory);
 ``echo(n)``        returns ``n``, result stored (latency);
 ``step(x)``        returns ``x + 1``, result stored (pipelines);
-``member(n)``      returns ``n`` (groups; Celery's chord stores its results);
+``member(n)``      does nothing (group members; Celery's chord stores their results);
 ``group_done()``   the group's completion callback: notes the time.
 
 The counting is done with process-shared memory (:class:`Shared`), the same
@@ -94,8 +94,9 @@ def step(x: int) -> int:
     return x + 1
 
 
-def member(n: int) -> int:
-    return n
+def member(n: int) -> None:
+    """Returns nothing: dramatiq's Results middleware logs a warning for every
+    value returned by an actor that does not store results."""
 
 
 def group_done(*args: Any) -> None:
@@ -373,8 +374,10 @@ def worker_process(name: str, url: str, threads: int, shared: Shared, ready: Any
     global SHARED
     SHARED = shared
     import logging
+    import warnings
 
     logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*superuser privileges")  # Celery, when run as root
     subject = SUBJECTS[name](url)
     ready.set()
     go.wait()
