@@ -75,6 +75,8 @@ TRACEBACK_LENGTH = 8000
 HEARTBEAT_INTERVAL = 5.0
 #: How often the flusher prunes old rows, in seconds.
 PRUNE_INTERVAL = 3600.0
+#: The page cache of the flusher's own SQLite connection, in KiB.
+SQLITE_CACHE_KIB = 16_384
 #: How many compositions a process remembers having written.
 KNOWN_COMPOSITIONS = 10_000
 
@@ -657,9 +659,14 @@ class Recorder:
                 self._touch(touched, fresh, event, row)
         self._recheck = {}
         alias = self._alias()
+        connection = connections[alias]
         if threading.current_thread() is self._thread:
             close_old_connections()  # like a request: honours CONN_MAX_AGE
-        connection = connections[alias]
+            if connection.vendor == "sqlite":
+                # This thread's own connection: a page cache big enough for
+                # the message table's primary key (random ids) to stay in memory.
+                with connection.cursor() as cursor:
+                    cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
         now = datetime.datetime.now(tz=datetime.UTC)
         progress = self._read_progress(touched, fresh)
         with transaction.atomic(using=alias):
