@@ -302,6 +302,36 @@ class _Row:
         )  # fmt: skip
 
 
+def _event_values(event: Event, worker: str, updated: Any) -> tuple[Any, ...]:
+    """The upsert parameters of a message seen in one event only: what
+    ``_Row(event)`` with ``apply(event)`` gives, without making the object."""
+    kind, when, message_id, actor, queue, created, eta, attempt, membership, args, text, started = event
+    composition_id = root_id = position = None
+    if membership is not None:
+        composition_id, position, path = membership
+        root_id = path[0] if path else composition_id
+    rank = attempt * RANK_STRIDE + _EVENT_RANK[kind] if attempt > 0 else _EVENT_RANK[kind]
+    result = traceback_text = ""
+    finished = None
+    if kind == SUCCESS:
+        status, result, finished = "succeeded", text, when
+    elif kind == START:
+        status, started = "started", when
+    elif kind == ENQUEUE:
+        worker, started = "", None
+        if attempt > 0:
+            status, traceback_text = "retrying", text
+        else:
+            status = "delayed" if eta is not None and eta > when else "enqueued"
+    else:
+        status = "retrying" if kind == ERROR else "skipped" if kind == SKIP else "failed"
+        traceback_text, finished = text, when
+    return (
+        message_id, actor, queue, composition_id, root_id, position, status, rank, attempt, args, result,
+        traceback_text, created, eta, started, finished, worker, updated,
+    )  # fmt: skip
+
+
 def _attempt(message: Message[Any]) -> int:
     retries = message.options.get("retries", 0)
     return retries if type(retries) is int else 0
@@ -639,7 +669,10 @@ class Recorder:
         from django.db import close_old_connections, connections, transaction
 
         worker = self.worker_name if self._worker is not None else ""
-        rows: dict[str, _Row] = {}
+        # One entry per message: the event itself when it has one in this
+        # batch (the common case: no object made, nothing for the garbage
+        # collector to follow), a _Row folding them when it has several.
+        rows: dict[str, Event | _Row] = {}
         touched: dict[str, _Touch] = dict(self._recheck)
         fresh: set[str] = set()
         minutes: dict[int, list[int]] = {}
@@ -647,8 +680,13 @@ class Recorder:
             kind, when, message_id = event[0], event[1], event[2]
             row = rows.get(message_id)
             if row is None:
-                row = rows[message_id] = _Row(event)
-            row.apply(event, worker if kind != ENQUEUE else "")
+                rows[message_id] = event
+            else:
+                if isinstance(row, tuple):
+                    first = row
+                    row = rows[message_id] = _Row(first)
+                    row.apply(first, worker if first[0] != ENQUEUE else "")
+                row.apply(event, worker if kind != ENQUEUE else "")
             if kind == SUCCESS:
                 self._processed += 1
                 minutes.setdefault(when // 60_000, [0, 0])[0] += 1
@@ -656,7 +694,7 @@ class Recorder:
                 self._failed += 1
                 minutes.setdefault(when // 60_000, [0, 0])[1] += 1
             if event[8] is not None:
-                self._touch(touched, fresh, event, row)
+                self._touch(touched, fresh, event)
         self._recheck = {}
         alias = self._alias()
         connection = connections[alias]
@@ -671,7 +709,7 @@ class Recorder:
         progress = self._read_progress(touched, fresh)
         with transaction.atomic(using=alias):
             if rows:
-                _upsert_messages(connection, list(rows.values()), now)
+                _upsert_messages(connection, list(rows.values()), now, worker)
             if minutes:
                 _add_minutes(connection, minutes)
             if progress:
@@ -683,7 +721,7 @@ class Recorder:
             self._worker_dirty = False
 
     @staticmethod
-    def _touch(touched: dict[str, _Touch], fresh: set[str], event: Event, row: _Row) -> None:
+    def _touch(touched: dict[str, _Touch], fresh: set[str], event: Event) -> None:
         """Note what an event says about its composition and every enclosing one (times in ms)."""
         kind, when, created = event[0], event[1], event[5]
         for composition_id in event[8][2]:
@@ -698,9 +736,10 @@ class Recorder:
                 began = when if kind == START else event[11]
                 if began is not None:
                     touch.started = began if touch.started is None else min(touch.started, began)
-        owner = touched.get(row.composition_id or "")
-        if owner is not None and row.position is not None:
-            owner.names.setdefault(row.position, row.actor_name)
+        composition_id, position, _ = event[8]
+        owner = touched.get(composition_id)
+        if owner is not None and position is not None:
+            owner.names.setdefault(position, event[3])
 
     # Compositions ---------------------------------------------------------------------
 
@@ -1014,10 +1053,13 @@ def _message_sql(connection: BaseDatabaseWrapper) -> str:
     return sql
 
 
-def _upsert_messages(connection: BaseDatabaseWrapper, rows: list[_Row], now: datetime.datetime) -> None:
-    """Write message rows; a row only replaces a stored one of lower rank."""
+def _upsert_messages(
+    connection: BaseDatabaseWrapper, rows: list[Event | _Row], now: datetime.datetime, worker: str = ""
+) -> None:
+    """Write message rows (a lone event or a folded :class:`_Row` each); a row
+    only replaces a stored one of lower rank."""
     updated = _adapt(connection, now)
-    params = [row.values(updated) for row in rows]
+    params = [_event_values(row, worker, updated) if isinstance(row, tuple) else row.values(updated) for row in rows]
     if supports_upsert(connection):
         with connection.cursor() as cursor:
             cursor.executemany(_message_sql(connection), params)

@@ -703,3 +703,20 @@ def test_a_running_message_shows_as_started_then_finishes_with_the_same_start(br
     assert (done.status, done.result_preview) == ("succeeded", "'done'")
     assert done.started_ms == row.started_ms and done.finished_ms >= done.started_ms
     assert recorder.in_flight == 0
+
+
+@pytest.mark.parametrize("kind", [ENQUEUE, START, SUCCESS, NACK, "ERROR", "SKIP", "RETRY_ENQUEUE", "DELAYED"])
+def test_a_lone_event_is_written_as_the_fold_would_write_it(kind):
+    from django_actors import mirror
+
+    options: dict[str, Any] = {"composition": {"id": "g", "pos": 2, "path": ["p", "g"]}}
+    if kind == "RETRY_ENQUEUE":
+        kind, options = ENQUEUE, {**options, "retries": 2, "traceback": "Traceback: boom"}
+    elif kind == "DELAYED":
+        kind, options = ENQUEUE, {**options, "eta": int(time.time() * 1000) + 60_000}
+    kind = {"ERROR": mirror.ERROR, "SKIP": mirror.SKIP}.get(kind, kind)
+    message = Message(queue_name="q", actor_name="a", args=(1, "x"), kwargs={}, options=options)
+    event = mirror._event(kind, int(time.time() * 1000), message, "text", 123)
+    folded = mirror._Row(event)
+    folded.apply(event, "w" if kind != ENQUEUE else "")
+    assert mirror._event_values(event, "w", "now") == folded.values("now")
