@@ -264,7 +264,7 @@ class Lane:
         except IndexError:
             lane_connection = self._connection()
         else:
-            if _unusable(lane_connection.connection):
+            if lane_connection.stale():
                 # Closed by the server while idle (a Redis restart, an idle
                 # timeout): reconnect before sending, as redis-py's pool does.
                 lane_connection.connection.disconnect()
@@ -298,7 +298,7 @@ class Lane:
         except IndexError:
             lane_connection = self._connection()
         else:
-            if _unusable(lane_connection.connection):
+            if lane_connection.stale():
                 lane_connection.connection.disconnect()
         clean = False
         try:
@@ -332,7 +332,7 @@ class _LaneConnection:
     written and their replies parsed here directly (RESP2 or RESP3): half
     the CPU of redis-py's per-command path."""
 
-    __slots__ = ("buffer", "connection", "reader", "sock")
+    __slots__ = ("buffer", "connection", "polled", "poller", "reader", "sock")
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
@@ -340,6 +340,23 @@ class _LaneConnection:
         self.buffer = bytearray(16384) if raw else None  # replies may be larger: read in turns
         self.reader: Any = None
         self.sock: Any = None
+        self.poller: Any = None
+        self.polled: Any = None
+
+    def stale(self) -> bool:
+        """Whether this idle connection was closed by the server or holds
+        stray data: its socket is readable while no reply is pending (one
+        ``poll``, with a poll object kept per socket)."""
+        sock = getattr(self.connection, "_sock", None)
+        if sock is None:
+            return False  # not connected: it connects when used
+        if not hasattr(select, "poll"):  # Windows: redis-py's own check
+            return _unusable(self.connection)
+        if self.polled is not sock:
+            self.poller = select.poll()
+            self.poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+            self.polled = sock
+        return bool(self.poller.poll(0))
 
     def _socket(self) -> Any:
         connection = self.connection
@@ -438,19 +455,12 @@ def _reply_error(message: str) -> Exception:
 
 
 def _unusable(connection: Any) -> bool:
-    """Whether an idle connection was closed by the server or holds stray
-    data: it is readable (one ``poll``), while no reply is pending on it."""
-    sock = getattr(connection, "_sock", None)
-    if sock is None:
-        return False  # not connected: it connects when used
-    if not hasattr(select, "poll"):  # Windows: redis-py's own check
-        try:
-            return bool(connection.can_read())
-        except Exception:
-            return True
-    poller = select.poll()
-    poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
-    return bool(poller.poll(0))
+    """redis-py's own check that an idle connection has nothing to read
+    (where ``select.poll`` is missing)."""
+    try:
+        return bool(connection.can_read())
+    except Exception:
+        return True
 
 
 class LaneScript:

@@ -164,6 +164,23 @@ redis.call('sadd', KEYS[6], ARGV[1])
 return n
 """
 
+# The same for one message (send()), without the tables of the batch script.
+# KEYS: as _ENQUEUE; ARGV: queue name, eta ('' = now), priority, payload
+_ENQUEUE_ONE = """
+local member = string.format('%016d:%s', redis.call('incr', KEYS[5]), ARGV[3])
+redis.call('hset', KEYS[2], member, ARGV[4])
+if ARGV[2] == '' then
+  redis.call('zadd', KEYS[1], ARGV[3], member)
+  if redis.call('zcard', KEYS[1]) ~= 1 then return 1 end  -- not empty before: no token
+else
+  redis.call('zadd', KEYS[3], ARGV[2], member)
+end
+redis.call('lpush', KEYS[4], '1')
+redis.call('ltrim', KEYS[4], 0, 0)
+redis.call('sadd', KEYS[6], ARGV[1])
+return 1
+"""
+
 # KEYS: ready, msgs, delayed, ack, notify, workers, seq, queues
 # ARGV: worker id, now (client ms), count, queue name, then members to ack
 # Returns {next_eta or -1, foreign (0/1/2), member, payload, member, payload...}
@@ -456,6 +473,7 @@ class _Scripts:
 
     def __init__(self, connection: RedisConnection) -> None:
         self.enqueue = connection.register_script(_ENQUEUE)
+        self.enqueue_one = connection.register_script(_ENQUEUE_ONE)
         self.fetch = connection.register_script(_FETCH)
         self.ack = connection.register_script(_ACK)
         self.nack = connection.register_script(_NACK)
@@ -608,13 +626,15 @@ class RedisBroker(Broker):
         return keys
 
     def _enqueue_many(self, items: list[tuple[Message[Any], bytes]], eta: int | None) -> None:
-        script = self.scripts.enqueue
+        scripts = self.scripts
         when: Any = "" if eta is None else eta
         if len(items) == 1:  # send(): one message, nothing to group
             message, data = items[0]
             queue_name = message.queue_name
             try:
-                script(keys=self._enqueue_keys(queue_name), args=[queue_name, when, self._priority(message), data])
+                scripts.enqueue_one(
+                    keys=self._enqueue_keys(queue_name), args=[queue_name, when, self._priority(message), data]
+                )
             except CONNECTION_ERRORS as exc:
                 raise ConnectionClosed(
                     f"Redis connection lost while enqueueing to {queue_name!r}: {type(exc).__name__}: {exc}"
@@ -638,7 +658,7 @@ class RedisBroker(Broker):
         # One script call per chunk of a queue, pipelined: Redis stores the
         # first chunk while the next ones are still on their way.
         with translate_errors(f"enqueueing to {', '.join(map(repr, by_queue))}"):
-            script.call_many(calls)
+            scripts.enqueue.call_many(calls)
 
     def put_raw(self, queue_name: str, data: bytes, *, priority: int = 0) -> None:
         """Put raw bytes on a queue, bypassing encoding and checks (for tests
