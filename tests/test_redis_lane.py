@@ -252,3 +252,66 @@ def test_pipelined_script_calls_survive_a_script_flush(connection, redis_client)
     with pytest.raises(redis.exceptions.ResponseError):
         failing.call_many([(["lane:count"], []), (["lane:text"], []), (["lane:count"], [])])
     assert redis_client.get("lane:count") == b"2"  # the calls around the failed one ran
+
+
+def test_a_spinning_call_gets_its_reply_whether_it_comes_during_the_spin_or_after(connection, redis_client):
+    lane = connection.lane()
+    assert lane is not None
+    assert lane.execute("ECHO", "quick", spin=0.005) == b"quick"  # answered within the spin
+    # BLPOP answers when another client pushes, well after a 100 us spin:
+    # the call then sleeps on the socket and still returns that reply.
+    pusher = threading.Thread(
+        target=lambda: (
+            wait_for(lambda: any(c.get("cmd") == "blpop" for c in redis_client.client_list()), what="the BLPOP"),
+            redis_client.rpush("lane:late", b"late"),
+        )
+    )
+    pusher.start()
+    assert lane.execute("BLPOP", "lane:late", 5, spin=0.0001) == [b"lane:late", b"late"]
+    pusher.join(5)
+    assert lane.execute("ECHO", "next", spin=0.0001) == b"next"  # nothing left over for the next call
+    assert len(lane._idle) == 1
+
+
+def test_a_connection_whose_replies_come_after_the_spin_backs_off_and_tries_again(connection):
+    lane = connection.lane()
+    assert lane is not None
+    slow = ("BLPOP", "lane:never", 0.01)  # answers nil after 10 ms: every spin of 50 us misses
+    assert lane.execute(*slow, spin=0.00005) is None
+    [conn] = lane._idle
+    assert (conn.spin_misses, conn.spin_skip) == (1, 0)  # one miss is forgiven
+    lane.execute(*slow, spin=0.00005)
+    assert (conn.spin_misses, conn.spin_skip) == (2, 1)
+    lane.execute(*slow, spin=0.00005)  # skipped: no spin, no new miss
+    assert (conn.spin_misses, conn.spin_skip) == (2, 0)
+    lane.execute(*slow, spin=0.00005)
+    assert (conn.spin_misses, conn.spin_skip) == (3, 2)  # the pause doubles
+    for _ in range(2):
+        lane.execute("PING", spin=0.00005)
+    assert (conn.spin_misses, conn.spin_skip) == (3, 0)
+    assert lane.execute("ECHO", "fast", spin=0.05) == b"fast"  # a reply within the spin: back to spinning
+    assert (conn.spin_misses, conn.spin_skip) == (0, 0)
+    for _ in range(40):  # however many misses, the pause stays bounded
+        conn.spin_skip = 0
+        lane.execute(*slow, spin=0.00005)
+    assert conn.spin_skip == 1024
+
+
+def test_the_redis_broker_spins_only_for_enqueueing_and_checks_spin_wait(redis_url):
+    from django_actors.brokers.redis import RedisBroker
+
+    broker = make_broker(redis_url, spin_wait=300)
+    try:
+        scripts = broker.scripts
+        assert scripts.enqueue_one.spin == scripts.enqueue.spin == pytest.approx(0.0003)
+        assert scripts.fetch.spin == scripts.ack.spin == scripts.heartbeat.spin == 0
+    finally:
+        broker.close()
+    off = make_broker(redis_url, spin_wait=0)
+    try:
+        assert off.scripts.enqueue_one.spin == 0
+    finally:
+        off.close()
+    for bad in (-1, 10_001, 1.5, True, "200"):
+        with pytest.raises(ValueError, match="spin_wait must be a number of microseconds"):
+            RedisBroker(url=redis_url, spin_wait=bad)
