@@ -280,17 +280,7 @@ class Lane:
           redis.exceptions.ResponseError: Redis answered with an error.
           redis.exceptions.ConnectionError, TimeoutError: as redis-py does.
         """
-        if self._pid != os.getpid():  # a forked child: never touch the parent's sockets
-            self._idle, self._pid = [], os.getpid()
-        try:
-            lane_connection = self._idle.pop()
-        except IndexError:
-            lane_connection = self._connection()
-        else:
-            if lane_connection.stale():
-                # Closed by the server while idle (a Redis restart, an idle
-                # timeout): reconnect before sending, as redis-py's pool does.
-                lane_connection.connection.disconnect()
+        lane_connection = self._take()
         clean = False
         try:
             try:
@@ -301,10 +291,7 @@ class Lane:
             clean = True
             return reply
         finally:
-            if clean and not self._closed:
-                self._idle.append(lane_connection)
-            else:
-                lane_connection.connection.disconnect()
+            self._give_back(lane_connection, clean)
 
     def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send several commands at once (a pipeline: Redis runs the first
@@ -314,25 +301,35 @@ class Lane:
         Raises:
           redis.exceptions.ConnectionError, TimeoutError: as :meth:`execute`.
         """
-        if self._pid != os.getpid():
-            self._idle, self._pid = [], os.getpid()
-        try:
-            lane_connection = self._idle.pop()
-        except IndexError:
-            lane_connection = self._connection()
-        else:
-            if lane_connection.stale():
-                lane_connection.connection.disconnect()
+        lane_connection = self._take()
         clean = False
         try:
             replies: list[Any] = lane_connection.call_many(commands)
             clean = True
             return replies
         finally:
-            if clean and not self._closed:
-                self._idle.append(lane_connection)
-            else:
-                lane_connection.connection.disconnect()
+            self._give_back(lane_connection, clean)
+
+    def _take(self) -> _LaneConnection:
+        """An idle connection, checked, or a new one."""
+        if self._pid != os.getpid():  # a forked child: never touch the parent's sockets
+            self._idle, self._pid = [], os.getpid()
+        try:
+            lane_connection = self._idle.pop()
+        except IndexError:
+            return self._connection()
+        if lane_connection.stale():
+            # Closed by the server while idle (a Redis restart, an idle
+            # timeout): reconnect before sending, as redis-py's pool does.
+            lane_connection.connection.disconnect()
+        return lane_connection
+
+    def _give_back(self, lane_connection: _LaneConnection, clean: bool) -> None:
+        """Keep a connection whose reply was read in full; close any other."""
+        if clean and not self._closed:
+            self._idle.append(lane_connection)
+        else:
+            lane_connection.connection.disconnect()
 
     def close(self) -> None:
         """Close the idle connections; busy ones are closed when they come back."""
