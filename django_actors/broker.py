@@ -33,13 +33,18 @@ class NoResultsBackend(DjangoActorsError, RuntimeError):
     """Raised when results are asked of a broker that has no Results middleware."""
 
 
+class BeforeAndAfter(ValueError, AssertionError):  # noqa: N818 - says what went wrong
+    """Raised by :meth:`Broker.add_middleware` given both ``before`` and ``after``.
+
+    A ``ValueError`` like the other bad arguments, and an ``AssertionError``
+    as dramatiq documents for this case.
+    """
+
+
 def validate_queue_name(queue_name: object) -> str:
     """Return ``queue_name`` if it is a valid queue name, else raise ``ValueError``."""
     if not isinstance(queue_name, str) or not QUEUE_NAME_RE.fullmatch(queue_name):  # "$" allows a final "\n"
-        raise ValueError(
-            f"Invalid queue name {queue_name!r}: use 1 to 128 letters, digits, "
-            "'_', '-' or '.'."
-        )
+        raise ValueError(f"Invalid queue name {queue_name!r}: use 1 to 128 letters, digits, '_', '-' or '.'.")
     return queue_name
 
 
@@ -95,12 +100,21 @@ class Broker:
     ) -> None:
         """Add a middleware, at the end or next to an existing middleware class.
 
+        Adding a second middleware of a type already installed is allowed, and
+        logs a warning (its hooks would run twice).
+
         Raises:
-          ValueError: both ``before`` and ``after`` were given, or the named
-            middleware is not installed.
+          BeforeAndAfter: both ``before`` and ``after`` were given (a
+            ``ValueError`` and an ``AssertionError``).
+          ValueError: the named middleware is not installed.
         """
         if before and after:
-            raise ValueError("Pass either 'before' or 'after', not both.")
+            raise BeforeAndAfter("Pass either 'before' or 'after', not both.")
+        if any(type(installed) is type(middleware) for installed in self.middleware):
+            self.logger.warning(
+                "You're adding a middleware of the same type twice: %s. Its hooks will run once per instance.",
+                type(middleware).__name__,
+            )
         if before or after:
             anchor = before or after
             positions = [i for i, m in enumerate(self.middleware) if isinstance(m, anchor)]  # type: ignore[arg-type]
@@ -248,9 +262,7 @@ class Broker:
         """
         return self.enqueue_many([message], delay=delay)[0]
 
-    def enqueue_many(
-        self, messages: Iterable[Message[Any]], *, delay: int | None = None
-    ) -> list[Message[Any]]:
+    def enqueue_many(self, messages: Iterable[Message[Any]], *, delay: int | None = None) -> list[Message[Any]]:
         """Enqueue many messages, in one round trip where the broker can.
 
         Every message is encoded before any is sent: if one cannot be encoded,
@@ -408,6 +420,17 @@ class MessageProxy:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._message, name)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to another proxy of an equal message, or to an equal :class:`Message`."""
+        if isinstance(other, MessageProxy):
+            return self._message == other._message
+        if isinstance(other, Message):
+            return self._message == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._message.message_id)  # equal messages have equal ids
 
     def __lt__(self, other: MessageProxy) -> bool:
         return (self.priority, self._message.message_timestamp) < (

@@ -93,6 +93,11 @@ ENQUEUE_CHUNK = 1000
 DEAD_CHUNK = 1000
 #: The longest a fetch holds its count to (messages per round trip).
 MAX_FETCH = 1000
+#: dramatiq's denominator for its ``maintenance_chance`` (maintenance ran on a
+#: random fraction of its commands). Kept so imports keep working; here the
+#: heartbeat thread does the maintenance (redelivery, dead-letter expiry) on
+#: a clock, so there is no chance to set.
+MAINTENANCE_SCALE = 1_000_000
 
 _LUA_PRELUDE = """
 local function now_ms()
@@ -184,7 +189,9 @@ return 1
 # KEYS: ready, msgs, delayed, ack, notify, workers, seq, queues
 # ARGV: worker id, now (client ms), count, queue name, then members to ack
 # Returns {next_eta or -1, foreign (0/1/2), member, payload, member, payload...}
-_FETCH = _LUA_PRELUDE + """
+_FETCH = (
+    _LUA_PRELUDE
+    + """
 local ready, msgs, delayed, ack = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 for i = 5, #ARGV do
   if redis.call('zrem', ack, ARGV[i]) == 1 then redis.call('hdel', msgs, ARGV[i]) end
@@ -254,6 +261,7 @@ if #out == 2 then
 end
 return out
 """
+)
 
 # KEYS: ack, msgs; ARGV: members
 _ACK = """
@@ -268,7 +276,9 @@ return n
 """
 
 # KEYS: ack, msgs, dead index; ARGV: namespace, queue, ttl, then (member, message_id, reason) triples
-_NACK = _LUA_PRELUDE + """
+_NACK = (
+    _LUA_PRELUDE
+    + """
 local ns, q, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local n = 0
@@ -292,9 +302,12 @@ end
 redis.call('zremrangebyscore', KEYS[3], '-inf', now - ttl)
 return n
 """
+)
 
 # KEYS: ack, ready, notify; ARGV: members (hand back unstarted messages)
-_REQUEUE = _LUA_PRELUDE + """
+_REQUEUE = (
+    _LUA_PRELUDE
+    + """
 local n = 0
 for i = 1, #ARGV do
   if redis.call('zrem', KEYS[1], ARGV[i]) == 1 then
@@ -305,9 +318,12 @@ end
 if n > 0 then notify(KEYS[3]) end
 return n
 """
+)
 
 # KEYS: ack, ready, notify; ARGV: the members this consumer really holds
-_RESYNC = _LUA_PRELUDE + """
+_RESYNC = (
+    _LUA_PRELUDE
+    + """
 local held = {}
 for i = 1, #ARGV do held[ARGV[i]] = true end
 local all = redis.call('zrange', KEYS[1], 0, -1, 'WITHSCORES')
@@ -322,11 +338,14 @@ end
 if n > 0 then notify(KEYS[3]) end
 return n
 """
+)
 
 # KEYS: workers, queues
 # ARGV: namespace, worker id, heartbeat timeout, reap (0/1), dead ttl, release self (0/1)
 # Returns {messages recovered, workers reaped}
-_HEARTBEAT = _LUA_PRELUDE + """
+_HEARTBEAT = (
+    _LUA_PRELUDE
+    + """
 local ns, me = ARGV[1], ARGV[2]
 local now = now_ms()
 local queues = redis.call('smembers', KEYS[2])
@@ -350,6 +369,7 @@ if ARGV[4] == '1' then
 end
 return {moved, reaped}
 """
+)
 
 
 _SIZE = """
@@ -364,13 +384,16 @@ end
 
 # KEYS: ready, delayed, workers, dead index; ARGV: ack key prefix
 # Returns {ready, delayed, in flight, dead}
-_STATS = _SIZE + """
+_STATS = (
+    _SIZE
+    + """
 local inflight = 0
 for _, worker in ipairs(redis.call('zrange', KEYS[3], 0, -1)) do
   inflight = inflight + redis.call('zcard', ARGV[1] .. worker)
 end
 return {size(KEYS[1], 'zcard'), size(KEYS[2], 'zcard'), inflight, size(KEYS[4], 'zcard')}
 """
+)
 
 # KEYS: ready, msgs, delayed, notify, workers; ARGV: ack key prefix
 _FLUSH = """
@@ -383,7 +406,9 @@ return 1
 
 # ARGV: namespace, mode ('requeue'/'purge'), then either ('queue', name, limit) or ('ids', id...)
 # Returns how many dead letters were moved or deleted.
-_DEAD = _LUA_PRELUDE + """
+_DEAD = (
+    _LUA_PRELUDE
+    + """
 local ns, mode = ARGV[1], ARGV[2]
 local ids
 if ARGV[3] == 'queue' then
@@ -421,6 +446,7 @@ for _, id in ipairs(ids) do
 end
 return {n, #ids}
 """
+)
 
 # KEYS: dead index; ARGV: namespace, limit
 # Returns flat (id, queue, reason, at, data) tuples, newest first.
@@ -722,7 +748,9 @@ class RedisBroker(Broker):
         if reaped:
             logger.warning(
                 "Redelivering %d message(s) of %d worker(s) whose heartbeat lapsed (over %d ms).",
-                moved, reaped, self.heartbeat_timeout,
+                moved,
+                reaped,
+                self.heartbeat_timeout,
             )
         return int(moved), int(reaped)
 
@@ -1079,14 +1107,26 @@ class RedisConsumer(Consumer):
     # Settling -----------------------------------------------------------------------
 
     def ack(self, message: MessageProxy) -> None:
+        """Acknowledge a fetched message. One this consumer did not fetch
+        (no ``tag``: a plain :class:`Message`) is ignored, with a warning."""
+        tag = getattr(message, "tag", None)
+        if tag is None:
+            logger.warning("Ignoring an ack of message %s: it was not fetched by this consumer.", message.message_id)
+            return
         with self._lock:
-            self._acks.append(message.tag)
+            self._acks.append(tag)
         self._settle()
 
     def nack(self, message: MessageProxy) -> None:
+        """Dead-letter a fetched message. One this consumer did not fetch
+        (no ``tag``: a plain :class:`Message`) is ignored, with a warning."""
+        tag = getattr(message, "tag", None)
+        if tag is None:
+            logger.warning("Ignoring a nack of message %s: it was not fetched by this consumer.", message.message_id)
+            return
         reason = message.fail_reason or "failed"
         with self._lock:
-            self._nacks.append((message.tag, message.message_id, reason))
+            self._nacks.append((tag, message.message_id, reason))
         self._settle()
 
     def _settle(self) -> None:
@@ -1137,9 +1177,7 @@ class RedisConsumer(Consumer):
             self._nacks[:0] = nacks
             self._flushing = False
             pending = len(self._acks) + len(self._nacks)
-        logger.warning(
-            "Could not settle %d message(s) of %r yet (%s); will retry.", pending, self.queue_name, exc
-        )
+        logger.warning("Could not settle %d message(s) of %r yet (%s); will retry.", pending, self.queue_name, exc)
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         members = [proxy.tag for proxy in messages]

@@ -16,13 +16,35 @@ from ..message import Message, current_millis, salvage_message_id
 
 
 class _StubQueue:
-    """One queue: ready messages, delayed messages and the unacked count."""
+    """One queue: ready messages, delayed messages and the unacked count.
 
-    def __init__(self, name: str) -> None:
+    ``put``, ``qsize`` and ``unfinished_tasks`` read like a ``queue.Queue``
+    (what tests written for dramatiq's stub broker poke at).
+    """
+
+    def __init__(self, name: str, lock: threading.Condition) -> None:
         self.name = name
         self.ready: deque[bytes] = deque()
         self.delayed: list[tuple[int, int, bytes]] = []
         self.unacked = 0
+        self._lock = lock
+
+    def put(self, data: bytes) -> None:
+        """Put an encoded message (raw bytes, unchecked) at the back of the queue."""
+        with self._lock:
+            self.ready.append(data)
+            self._lock.notify_all()
+
+    def qsize(self) -> int:
+        """How many messages wait: ready and delayed."""
+        with self._lock:
+            return len(self)
+
+    @property
+    def unfinished_tasks(self) -> int:
+        """How many messages are not settled yet: waiting or being processed."""
+        with self._lock:
+            return len(self) + self.unacked
 
     def promote(self, now: int) -> None:
         while self.delayed and self.delayed[0][0] <= now:
@@ -41,11 +63,19 @@ class StubBroker(Broker):
 
     Messages are stored encoded and decoded on fetch, like a real broker.
     Dead letters are kept in :attr:`dead_letters`.
+
+    Parameters:
+      middleware: the middleware; the defaults when ``None``.
+      fail_fast_default: what :meth:`join` does when not told: wait on
+        regardless of failures (``False``), or raise the exception of a
+        dead-lettered message (``True``: dramatiq 2's default, for tests
+        written against it).
     """
 
     supports_batch_enqueue = True
 
-    def __init__(self, middleware: Any = None, **kwargs: Any) -> None:
+    def __init__(self, middleware: Any = None, *, fail_fast_default: bool = False, **kwargs: Any) -> None:
+        self.fail_fast_default = fail_fast_default
         self._lock = threading.Condition()
         self._queues: dict[str, _StubQueue] = {}
         self._seq = itertools.count()
@@ -67,7 +97,7 @@ class StubBroker(Broker):
 
     def _declare_queue(self, queue_name: str) -> None:
         with self._lock:
-            self._queues.setdefault(queue_name, _StubQueue(queue_name))
+            self._queues.setdefault(queue_name, _StubQueue(queue_name, self._lock))
             self.dead_letters_by_queue.setdefault(queue_name, [])
 
     def get_declared_queues(self) -> set[str]:
@@ -125,7 +155,7 @@ class StubBroker(Broker):
             self._unreported.clear()
             self._lock.notify_all()
 
-    def join(self, queue_name: str, *, timeout: int | None = None, fail_fast: bool = False) -> None:
+    def join(self, queue_name: str, *, timeout: int | None = None, fail_fast: bool | None = None) -> None:
         """Wait until ``queue_name`` has no ready, delayed or unacked message.
 
         Parameters:
@@ -134,11 +164,16 @@ class StubBroker(Broker):
             that was dead-lettered and not yet raised by an earlier
             ``fail_fast`` join (also when it failed before this call),
             instead of waiting on. The other unreported failures of the
-            queue are considered reported with it.
+            queue are considered reported with it. ``None``: the broker's
+            ``fail_fast_default``.
 
         Raises:
+          QueueNotFound: the queue was never declared.
           QueueJoinTimeout: the timeout ran out.
+          Exception: with ``fail_fast``, what the failed message raised.
         """
+        if fail_fast is None:
+            fail_fast = self.fail_fast_default
         deadline = None if timeout is None else time.monotonic() + timeout / 1000
         with self._lock:
             queue = self._queue(queue_name)
@@ -181,7 +216,8 @@ class StubBroker(Broker):
         with self._lock:
             for letters in self.dead_letters_by_queue.values():
                 keep = [p for p in letters if wanted is not None and p.message_id not in wanted]
-                self._forget_unreported([p for p in letters if p not in keep])
+                kept = {id(p) for p in keep}  # by identity: a redelivered message may die twice
+                self._forget_unreported([p for p in letters if id(p) not in kept])
                 count += len(letters) - len(keep)
                 letters[:] = keep
         return count
