@@ -7,13 +7,14 @@ import concurrent.futures
 import contextvars
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .errors import ActorNotFound, ConnectionError, Retry
+from .errors import ActorNotFound, ConnectionError, RateLimitExceeded, Retry
 from .middleware.middleware import SkipMessage, get_option
 from .middleware.time_limit import enter_actor, leave_actor
 
@@ -28,6 +29,11 @@ logger = logging.getLogger(__name__)
 #: handed back, so a service that stays down does not make the worker spin.
 MAX_HAND_BACK_PAUSE = 5.0
 
+#: How many unacked messages each consumer may hold when a worker is given no
+#: ``prefetch``; 0 means twice ``worker_threads``. Read when a worker is built,
+#: from the ``dramatiq_queue_prefetch`` environment variable (dramatiq's name).
+QUEUE_PREFETCH = int(os.getenv("dramatiq_queue_prefetch", "0") or 0)  # noqa: SIM112 - dramatiq's spelling
+
 
 class Worker:
     """Consume messages from a broker and run their actors.
@@ -39,7 +45,10 @@ class Worker:
         it bounds how quickly the worker notices a stop or a new queue.
       worker_threads: how many actors run at once.
       prefetch: how many unacked messages each consumer may hold (default
-        twice ``worker_threads``).
+        :data:`QUEUE_PREFETCH`, else twice ``worker_threads``). Also
+        readable and settable as :attr:`queue_prefetch`; a change after
+        :meth:`start` applies from the consumers' next fetch, within the
+        limit each broker consumer was opened with.
     """
 
     def __init__(
@@ -57,10 +66,8 @@ class Worker:
         self.queues = set(queues) if queues is not None else None
         self.worker_timeout = worker_timeout
         self.worker_threads = worker_threads
-        self.prefetch = prefetch or worker_threads * 2
-        self.work_queue: queue.PriorityQueue[tuple[int, int, MessageProxy, _ConsumerThread]] = (
-            queue.PriorityQueue()
-        )
+        self.queue_prefetch = prefetch or QUEUE_PREFETCH or worker_threads * 2
+        self.work_queue: queue.PriorityQueue[tuple[int, int, MessageProxy, _ConsumerThread]] = queue.PriorityQueue()
         self._seq = itertools.count()
         self.consumers: dict[str, _ConsumerThread] = {}
         self.workers: list[_WorkerThread] = []
@@ -75,6 +82,15 @@ class Worker:
         #: How many times in a row each message was handed back (connection errors).
         self._hand_backs: dict[str, int] = {}
         self._loop: _EventLoopThread | None = None
+
+    @property
+    def prefetch(self) -> int:
+        """How many unacked messages each consumer may hold (:attr:`queue_prefetch`)."""
+        return self.queue_prefetch
+
+    @prefetch.setter
+    def prefetch(self, value: int) -> None:
+        self.queue_prefetch = value
 
     # Lifecycle ------------------------------------------------------------------
 
@@ -122,10 +138,13 @@ class Worker:
                 self._activity.wait()
 
     def resume(self) -> None:
-        """Undo :meth:`pause`."""
+        """Undo :meth:`pause`, and resume worker threads paused one by one
+        (:meth:`_WorkerThread.pause`)."""
         with self._activity:
             self._paused.clear()
             self._activity.notify_all()
+        for thread in self.workers:
+            thread.resume()
 
     @property
     def paused(self) -> bool:
@@ -208,10 +227,12 @@ class Worker:
                 return
             actor = broker.actors.get(proxy.actor_name)
             if actor is None:
-                error = ActorNotFound(f"Actor {proxy.actor_name!r} is not declared on this broker.")
-                logger.error("Dead-lettering message %s: %s", proxy.message_id, error)
-                proxy.stuff_exception(error)
-                proxy.fail(str(error))
+                # The exception's text is the actor's name (as dramatiq's);
+                # the log line and the dead letter's reason say more.
+                reason = f"Actor {proxy.actor_name!r} is not declared on this broker."
+                logger.error("Dead-lettering message %s: %s", proxy.message_id, reason)
+                proxy.stuff_exception(ActorNotFound(proxy.actor_name))
+                proxy.fail(reason)
                 return
             started = False
             try:
@@ -232,6 +253,8 @@ class Worker:
                     return
                 if isinstance(exc, Retry):
                     logger.info("Message %s asked for a retry: %s", proxy.message_id, exc)
+                elif isinstance(exc, RateLimitExceeded):  # expected under load: no traceback
+                    logger.debug("Rate limit exceeded in message %s: %s.", proxy.message_id, exc)
                 elif _is_thrown(broker, proxy, exc):
                     logger.info("Actor %s raised %r, which it throws.", proxy.actor_name, exc)
                 else:
@@ -298,7 +321,6 @@ class _ConsumerThread(threading.Thread):
         self.worker = worker
         self.broker = worker.broker
         self.queue_name = queue_name
-        self.prefetch = worker.prefetch
         self.in_flight = 0
         self._room = threading.Condition()
         self._running = True
@@ -325,14 +347,14 @@ class _ConsumerThread(threading.Thread):
                 time.sleep(min(worker.worker_timeout / 1000, 0.05))
                 continue
             with self._room:
-                room = self.prefetch - self.in_flight
+                room = worker.queue_prefetch - self.in_flight
                 if room <= 0:
                     self._room.wait(worker.worker_timeout / 1000)
                     continue
             try:
                 if self.consumer is None:
                     self.consumer = self.broker.consume(
-                        self.queue_name, prefetch=self.prefetch, timeout=worker.worker_timeout
+                        self.queue_name, prefetch=worker.queue_prefetch, timeout=worker.worker_timeout
                     )
                 proxies = self.consumer.fetch(room)
                 backoff = 0.1
@@ -429,12 +451,37 @@ class _ConsumerThread(threading.Thread):
 
 
 class _WorkerThread(threading.Thread):
-    """Runs messages from the worker's priority queue."""
+    """Runs messages from the worker's priority queue.
+
+    :meth:`pause` stops this one thread taking messages (the consumers go on
+    fetching); :attr:`paused_event` is set once it has stopped.
+    """
 
     def __init__(self, worker: Worker) -> None:
         super().__init__(name="django-actors-worker", daemon=True)
         self.worker = worker
         self._running = True
+        self._pause_requested = False
+        self._pause_lock = threading.Lock()
+        #: Set while this thread is paused and takes no message.
+        self.paused_event = threading.Event()
+
+    def pause(self) -> None:
+        """Stop taking messages after the current one; wait on
+        :attr:`paused_event` to know it has stopped."""
+        with self._pause_lock:
+            self._pause_requested = True
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`."""
+        with self._pause_lock:
+            self._pause_requested = False
+            self.paused_event.clear()
+
+    def _park(self) -> None:
+        with self._pause_lock:
+            if self._pause_requested:
+                self.paused_event.set()
 
     def run(self) -> None:
         worker = self.worker
@@ -442,6 +489,10 @@ class _WorkerThread(threading.Thread):
         broker.emit_after("worker_thread_boot", self)
         timeout = worker.worker_timeout / 1000
         while self._running:
+            if self._pause_requested:
+                self._park()
+                time.sleep(min(timeout, 0.05))
+                continue
             if worker._paused.is_set():
                 time.sleep(min(timeout, 0.05))
                 continue
@@ -453,6 +504,9 @@ class _WorkerThread(threading.Thread):
             if not self._running:
                 worker.work_queue.put(item)
                 break
+            if self._pause_requested:  # paused while this thread waited
+                worker.work_queue.put(item)
+                continue
             with worker._activity:
                 if worker._paused.is_set():  # paused while this thread waited
                     worker.work_queue.put(item)
