@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import inspect
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
@@ -56,6 +58,9 @@ class Actor(Generic[P, R]):
       options: actor options, each declared by an installed middleware.
     """
 
+    #: The broker the ``actor`` decorator declared this actor on, if one existed then.
+    _defined_on: weakref.ref[Broker] | None = None
+
     def __init__(
         self,
         fn: Callable[P, R] | Callable[P, Awaitable[R]],
@@ -71,7 +76,8 @@ class Actor(Generic[P, R]):
         validate_queue_name(queue_name)
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise ValueError(f"Invalid priority {priority!r} for actor {actor_name!r}: use an int.")
-        self.logger = logging.getLogger(f"{fn.__module__}.{actor_name}")
+        # A function defined where there is no module (a shell, exec) logs under "_".
+        self.logger = logging.getLogger(f"{getattr(fn, '__module__', None) or '_'}.{actor_name}")
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)
         self.actor_name = actor_name
@@ -115,12 +121,12 @@ class Actor(Generic[P, R]):
                 raise TypeError("'delay' is an argument of send_with_options, not a message option.")
             for name in _CALLBACK_OPTIONS:
                 value = options.get(name)
+                if isinstance(value, GenericActor):
+                    value = value.__actor__
                 if isinstance(value, Actor):
                     options[name] = value.actor_name  # messages carry names, not objects
                 elif value is not None and not isinstance(value, str):
-                    raise TypeError(
-                        f"Option {name!r} must be an actor or an actor name, not {type(value).__name__}."
-                    )
+                    raise TypeError(f"Option {name!r} must be an actor or an actor name, not {type(value).__name__}.")
         return Message(
             queue_name=self.queue_name,
             actor_name=self.actor_name,
@@ -148,14 +154,22 @@ class Actor(Generic[P, R]):
         *,
         args: tuple[Any, ...] | list[Any] = (),
         kwargs: dict[str, Any] | None = None,
-        delay: int | None = None,
+        delay: int | datetime.timedelta | None = None,
         **options: Any,
     ) -> Message[R]:
-        """Send a message with options, after ``delay`` milliseconds when given."""
-        if delay is not None and (not isinstance(delay, int | float) or delay < 0):
-            raise ValueError(f"delay must be a non-negative number of milliseconds, not {delay!r}.")
+        """Send a message with options.
+
+        Parameters:
+          delay: wait at least this long before the message runs: milliseconds,
+            or a :class:`datetime.timedelta`.
+
+        Raises:
+          ValueError: ``delay`` is negative or not a duration.
+          TypeError: an argument cannot be encoded; nothing is enqueued.
+        """
+        delay_ms = _delay_ms(delay) if delay is not None else None
         message = self.message_with_options(args=args, kwargs=kwargs, **options)
-        return self.broker.enqueue(message, delay=int(delay) if delay else None)
+        return self.broker.enqueue(message, delay=delay_ms)
 
     def send_on_commit(self, *args: Any, using: str | None = None, **kwargs: Any) -> Message[R]:
         """Send a message once the current database transaction commits.
@@ -173,20 +187,18 @@ class Actor(Generic[P, R]):
         *,
         args: tuple[Any, ...] | list[Any] = (),
         kwargs: dict[str, Any] | None = None,
-        delay: int | None = None,
+        delay: int | datetime.timedelta | None = None,
         using: str | None = None,
         **options: Any,
     ) -> Message[R]:
         """:meth:`send_with_options`, deferred until the transaction commits."""
         from django.db import transaction
 
-        if delay is not None and (not isinstance(delay, int | float) or delay < 0):
-            raise ValueError(f"delay must be a non-negative number of milliseconds, not {delay!r}.")
+        delay_ms = _delay_ms(delay) if delay is not None else None
         message = self.message_with_options(args=args, kwargs=kwargs, **options)
         message.encode()  # fail now, not at commit time
         broker = self.broker
-        delay = int(delay) if delay else None
-        transaction.on_commit(lambda: broker.enqueue(message, delay=delay), using=using)
+        transaction.on_commit(lambda: broker.enqueue(message, delay=delay_ms), using=using)
         return message
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -215,6 +227,19 @@ class Actor(Generic[P, R]):
 
     def __str__(self) -> str:
         return f"Actor({self.actor_name})"
+
+
+def _delay_ms(delay: object) -> int | None:
+    """``delay`` (milliseconds or a timedelta) as whole milliseconds; ``None`` for no delay.
+
+    Raises:
+      ValueError: ``delay`` is negative or not a duration.
+    """
+    if isinstance(delay, datetime.timedelta):
+        delay = delay.total_seconds() * 1000
+    if not isinstance(delay, int | float) or isinstance(delay, bool) or not 0 <= delay < float("inf"):
+        raise ValueError(f"delay must be a non-negative number of milliseconds or a timedelta, not {delay!r}.")
+    return int(delay) or None
 
 
 @overload
@@ -247,18 +272,27 @@ def actor(
         ``time_limit``, ``store_results``...).
 
     Raises:
-      ValueError: an option no middleware declares, or a bad name or queue.
+      ValueError: an option no middleware declares, a bad name or queue, or
+        a name already taken by another actor on the same broker.
     """
 
     def decorator(fn: Callable[..., Any]) -> Actor[Any, Any]:
+        from . import broker as broker_module
+
         name = fn.__name__ if actor_name is None else actor_name
         known = broker.actor_options if broker is not None else _known_actor_options()
         invalid = set(options) - known
         if invalid:
             raise ValueError(
-                f"Actor {name!r} uses option(s) that no middleware declares: "
-                f"{', '.join(sorted(invalid))}."
+                f"Actor {name!r} uses option(s) that no middleware declares: {', '.join(sorted(invalid))}."
             )
+        # Two actors defined with one name on one broker: messages would run the
+        # wrong one. An actor carried over from an earlier global broker by
+        # set_broker() (a test's, say) is replaced instead.
+        target = broker if broker is not None else broker_module._broker
+        existing = target.actors.get(name) if target is not None else None
+        if existing is not None and existing._defined_on is not None and existing._defined_on() is target:
+            raise ValueError(f"An actor named {name!r} is already registered.")
         instance = actor_class(
             fn,
             broker=broker,
@@ -267,12 +301,10 @@ def actor(
             priority=priority,
             options=options,
         )
-        if broker is None:
-            from . import broker as broker_module
-
-            current = broker_module._broker
-            if current is not None:
-                current.declare_actor(instance)
+        if broker is None and target is not None:
+            target.declare_actor(instance)
+        if target is not None:
+            instance._defined_on = weakref.ref(target)
         # Registered once declared, so an actor the broker rejected is not kept.
         with _registry_lock:
             _registry[name] = instance
@@ -284,40 +316,82 @@ def actor(
 
 
 class _GenericActorMeta(type):
+    """Turns each concrete subclass of :class:`GenericActor` into an instance
+    of itself bound to an actor (see there)."""
+
     def __new__(mcs, name: str, bases: tuple[type, ...], attrs: dict[str, Any]) -> Any:
-        meta = attrs.pop("Meta", None)
         cls = super().__new__(mcs, name, bases, attrs)
+        # Options: the parents' (minus "abstract"), then this class's own Meta.
         inherited = dict(getattr(cls, "_meta_options", {}))
         inherited.pop("abstract", None)
+        meta = attrs.get("Meta")
         if meta is not None:
-            inherited.update({k: v for k, v in vars(meta).items() if not k.startswith("__")})
+            inherited.update({k: v for k, v in vars(meta).items() if not k.startswith("_")})
         cls._meta_options = inherited  # type: ignore[attr-defined]
         if inherited.get("abstract"):
             return cls
-        perform = getattr(cls, "perform", None)
-        if perform is None or perform is GenericActor.perform:
-            raise TypeError(f"{name} must define perform(), or set abstract = True in its Meta.")
         options = dict(inherited)
-        options.setdefault("actor_name", name)
+        decorator = options.pop("actor", None)
         instance = cls()
-        # The bound perform is the actor's function, so an async perform runs as async.
-        return actor(instance.perform, **options)
+        if decorator is None:
+            # The bound perform is the actor's function, so an async perform runs as async.
+            options.setdefault("actor_name", name)
+            bound = actor(instance.perform, **options)
+        else:  # a custom decorator (Meta.actor) is given the instance itself
+            bound = decorator(instance, **options)
+        instance.__dict__["__actor__"] = bound
+        return instance
 
 
 class GenericActor(metaclass=_GenericActorMeta):
     """Base class for class-based actors.
 
     Subclasses define ``perform(self, ...)`` and may carry a ``Meta`` inner
-    class with actor options (``queue_name``, ``max_retries``...). A ``Meta``
-    with ``abstract = True`` makes a base class that is not itself an actor.
-    The subclass name is bound to the resulting :class:`Actor`.
+    class with actor options (``queue_name``, ``max_retries``...; ``actor``
+    names a decorator to use instead of :func:`actor`). A ``Meta`` with
+    ``abstract = True`` makes a base class that is not itself an actor; its
+    options are inherited.
+
+    The name of a concrete subclass is bound to an instance of it: calling
+    it runs ``perform`` in this process, ``__actor__`` is its
+    :class:`Actor`, and attributes the class does not define come from that
+    actor (``send``, ``message``, ``queue_name``, ``options``...). Class
+    attributes and helper methods stay reachable.
     """
 
     class Meta:
         abstract = True
 
+    @property
+    def __name__(self) -> str:  # the actor's default name, as for a function
+        name: str = type(self).__qualname__.rpartition(".")[2]
+        return name
+
     def perform(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
+        """The actor's code; subclasses override it.
+
+        Raises:
+          NotImplementedError: the subclass does not define it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement perform()")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.perform(*args, **kwargs)
+        """Run ``perform`` in this process (an async one to completion when no
+        event loop is running in this thread)."""
+        result = self.perform(*args, **kwargs)
+        if inspect.iscoroutine(result):
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return asyncio.run(result)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        bound = self.__dict__.get("__actor__")
+        if bound is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(bound, name)
+
+    def __repr__(self) -> str:
+        bound = self.__dict__.get("__actor__")  # not its repr: that shows perform, bound to self
+        return f"<{type(self).__qualname__} actor_name={getattr(bound, 'actor_name', None)!r}>"
