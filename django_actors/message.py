@@ -6,7 +6,7 @@ import dataclasses
 import datetime
 import os
 import time
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from .encoder import MessageData, get_encoder
 from .errors import DecodeError
@@ -40,13 +40,20 @@ def current_millis() -> int:
     return int(time.time() * 1000)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, order=True)
 class Message(Generic[R]):
     """A message: which actor to run, with which arguments, and options.
 
     ``message_id`` is stable across retries; results are keyed by it.
     Messages are immutable; use :meth:`copy` to derive a changed one.
+    Like a named tuple (dramatiq's messages are one) they compare and sort
+    field by field and have ``_fields``, ``_asdict()`` and ``_replace()``.
     """
+
+    #: The field names, in order (the named tuple API).
+    _fields: ClassVar[tuple[str, ...]] = (*REQUIRED_FIELDS, "message_timestamp")
+    #: Fields with a fixed default value: none (ids and timestamps are generated).
+    _field_defaults: ClassVar[dict[str, Any]] = {}
 
     queue_name: str
     actor_name: str
@@ -139,10 +146,7 @@ class Message(Generic[R]):
                     if not _encodes(encoder, value):
                         where = f"option {name!r} ({type(value).__name__})"
                         break
-        return (
-            f"Cannot encode {where} of a message for actor {self.actor_name!r} "
-            f"with {type(encoder).__name__}: {exc}"
-        )
+        return f"Cannot encode {where} of a message for actor {self.actor_name!r} with {type(encoder).__name__}: {exc}"
 
     def asdict(self) -> MessageData:
         """Return the message as a plain dict (its wire form before encoding)."""
@@ -155,6 +159,14 @@ class Message(Generic[R]):
             "message_id": self.message_id,
             "message_timestamp": self.message_timestamp,
         }
+
+    def _asdict(self) -> MessageData:
+        """The named tuple name of :meth:`asdict`."""
+        return self.asdict()
+
+    def _replace(self, **attributes: Any) -> Message[R]:
+        """The named tuple name of :meth:`copy`."""
+        return self.copy(**attributes)
 
     def copy(self, **attributes: Any) -> Message[R]:
         """Return a copy of this message with ``attributes`` replaced.
@@ -220,9 +232,7 @@ class Message(Generic[R]):
         return pipeline([self, other])
 
     def __str__(self) -> str:
-        params = ", ".join(
-            [repr(arg) for arg in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
-        )
+        params = ", ".join([repr(arg) for arg in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()])
         return f"{self.actor_name}({params})"
 
 

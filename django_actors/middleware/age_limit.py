@@ -30,5 +30,6 @@ class AgeLimit(Middleware):
             return
         age = current_millis() - message.message_timestamp
         if age > max_age:
-            message.fail(f"message is {age} ms old, over its max_age of {max_age} ms")
-            raise SkipMessage(f"Message {message.message_id} is older than {max_age} ms.")
+            reason = f"message is {age} ms old, over its max_age of {max_age} ms"
+            message.fail(reason)
+            raise SkipMessage(f"Message {message.message_id} skipped: {reason}.")

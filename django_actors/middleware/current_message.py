@@ -21,12 +21,19 @@ class CurrentMessage(Middleware):
     """
 
     @classmethod
-    def get_current_message(cls) -> Any:
-        """Return the :class:`Message` being processed in this context, or ``None``."""
-        return _current.get()
+    def get_current_message(cls) -> MessageProxy | None:
+        """Return the message being processed in this context, or ``None``.
+
+        It is the worker's :class:`~django_actors.MessageProxy` (as in
+        dramatiq): it reads like the :class:`~django_actors.Message`
+        (``message_id``, ``args``, ``options``, ``asdict()``...) and its
+        ``message`` attribute is the message itself.
+        """
+        proxy: MessageProxy | None = _current.get()
+        return proxy
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        _current.set(message.message)
+        _current.set(message)
 
     def after_process_message(
         self, broker: Broker, message: MessageProxy, *, result: Any = None, exception: BaseException | None = None
