@@ -101,7 +101,7 @@ def test_callbacks_as_message_options(broker, worker):
     assert sorted(calls.items) == [("failure", "KeyError"), ("success", "ok")]
 
 
-def test_on_failure_fires_only_after_retries_are_exhausted(broker, worker):
+def test_on_failure_fires_on_every_failed_attempt_with_its_count(broker, worker):
     calls = Calls()
     attempts = Calls()
 
@@ -117,19 +117,22 @@ def test_on_failure_fires_only_after_retries_are_exhausted(broker, worker):
     message = always_fails.send()
     join(broker, "default")
     assert len(attempts.items) == 3
-    [(data, error)] = calls.items
-    assert error == {"type": "ValueError", "message": "broken for good"}
-    assert data["message_id"] == message.message_id
-    assert data["options"]["retries"] == 2
+    assert len(calls.items) == 3
+    assert {data["message_id"] for data, _ in calls.items} == {message.message_id}
+    assert {tuple(error.items()) for _, error in calls.items} == {
+        (("type", "ValueError"), ("message", "broken for good"))
+    }
+    # Each call counts the failures so far: the last one is past max_retries.
+    assert sorted(data["options"]["retries"] for data, _ in calls.items) == [1, 2, 3]
 
 
-def test_on_failure_does_not_fire_when_a_retry_succeeds(broker, worker):
+def test_on_failure_reports_the_failed_attempt_then_on_success_the_retry(broker, worker):
     calls = Calls()
     attempts = Calls()
 
     @actor(broker=broker)
     def failed(message_data, error):
-        calls.add("failure")
+        calls.add("failure", message_data["options"]["retries"])
 
     @actor(broker=broker)
     def succeeded(message_data, result):
@@ -144,7 +147,7 @@ def test_on_failure_does_not_fire_when_a_retry_succeeds(broker, worker):
 
     flaky.send()
     join(broker, "default")
-    assert calls.items == [("success", "second time lucky")]
+    assert sorted(calls.items) == [("failure", 1), ("success", "second time lucky")]
 
 
 def test_on_failure_fires_at_once_for_thrown_exceptions(broker, worker):
