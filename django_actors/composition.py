@@ -70,6 +70,7 @@ from .results.errors import ResultError, ResultMissing, ResultTimeout
 
 if TYPE_CHECKING:
     from .broker import MessageProxy
+    from .middleware.group_callbacks import GroupCallbacks
     from .results.backend import ResultBackend
 
 logger = logging.getLogger(__name__)
@@ -118,9 +119,28 @@ def _kind_name(kind: str) -> str:
 
 
 def _enqueue(broker: Broker, messages: Sequence[Message[Any]], delay: int | None = None) -> None:
-    """Enqueue ``messages`` in batches: one broker round trip per batch."""
-    for start in range(0, len(messages), BATCH_SIZE):
-        broker.enqueue_many(messages[start : start + BATCH_SIZE], delay=delay)
+    """Enqueue ``messages`` in batches: one broker round trip per batch (and
+    per distinct delay, see :func:`_by_delay`)."""
+    for wait, same in _by_delay(messages, delay):
+        for start in range(0, len(same), BATCH_SIZE):
+            broker.enqueue_many(same[start : start + BATCH_SIZE], delay=wait)
+
+
+def _by_delay(messages: Sequence[Message[Any]], delay: int | None) -> list[tuple[int | None, Sequence[Message[Any]]]]:
+    """Split ``messages`` by how long each waits: the larger of ``delay`` and
+    its own ``delay`` option (milliseconds), as dramatiq's pipelines do.
+
+    Raises:
+      ValueError: a message's ``delay`` option is not a non-negative number.
+    """
+    if not any("delay" in message.options for message in messages):
+        return [(delay, messages)]
+    buckets: dict[int | None, list[Message[Any]]] = {}
+    for message in messages:
+        own = _check_delay(message.options.get("delay"))
+        wait = max(delay or 0, own or 0) or None
+        buckets.setdefault(wait, []).append(message)
+    return list(buckets.items())
 
 
 def _check_encodable(broker: Broker, messages: Iterable[Message[Any]]) -> None:
@@ -214,9 +234,10 @@ class _Composition:
         _collect(broker, spec, _NOTHING, [], messages, empty)
         # Every message is encoded (and checked) once, before anything is
         # stored or sent; the encodings are what is sent.
-        prepared, eta = broker._prepare_many(messages, delay)
+        batches = [(broker._prepare_many(same, wait), wait) for wait, same in _by_delay(messages, delay)]
         backend._store_many(plan.records, _ttl(backend))
-        broker._send_prepared(prepared, eta, delay)  # the broker sends them in chunks of its own
+        for (prepared, eta), wait in batches:
+            broker._send_prepared(prepared, eta, wait)  # the broker sends them in chunks of its own
         for composition in plan.compositions:
             composition._ran = True
         if empty:
@@ -332,6 +353,24 @@ class _Composition:
         return pipeline([self, other], broker=self._broker)  # type: ignore[list-item]
 
 
+def _chain(steps: Sequence[Message[Any]], last_options: dict[str, Any] | None = None) -> list[Message[Any]]:
+    """Copies of ``steps``, each carrying the next one (as a dict) in its
+    ``pipe_target`` option; ``last_options`` are added to the last one."""
+    chained: list[Message[Any]] = []
+    target: dict[str, Any] | None = None
+    for step in reversed(steps):
+        options = dict(step.options)
+        if target is None and last_options:
+            options.update(last_options)
+        if target is not None:
+            options["pipe_target"] = target
+        message = step.copy(options=options)
+        chained.append(message)
+        target = message.asdict()
+    chained.reverse()
+    return chained
+
+
 def _check_child(child: Any, what: str) -> None:
     if not isinstance(child, Message | pipeline | group):
         raise TypeError(
@@ -379,7 +418,15 @@ class pipeline(_Composition):  # noqa: N801 - dramatiq's name
 
     @property
     def messages(self) -> list[Message[Any]]:
-        """The pipeline's messages, in order (a group step contributes its own)."""
+        """The pipeline's messages, in order (a group step contributes its own).
+
+        When every step is a message, each one carries the next in its
+        ``pipe_target`` option, as in dramatiq (and as they are sent on a
+        broker without a results backend); with a results backend ``run()``
+        sends them without it, each carrying only its composition's id.
+        """
+        if all(isinstance(child, Message) for child in self.children):
+            return _chain(self.children)  # type: ignore[arg-type]
         return self._leaf_messages()
 
     def __or__(self, other: Message[Any] | pipeline | group) -> pipeline:
@@ -411,19 +458,25 @@ class pipeline(_Composition):  # noqa: N801 - dramatiq's name
         return self._child_results(range(len(self)))
 
     def _run_without_backend(self, broker: Broker, delay: int | None) -> None:
+        first = self._chained(broker)
+        [(wait, _)] = _by_delay([first], delay)
+        broker.enqueue(first, delay=wait)
+
+    def _chained(self, broker: Broker, last_options: dict[str, Any] | None = None) -> Message[Any]:
+        """dramatiq's form of the pipeline, for brokers without a results
+        backend: its first message, each step nesting the next in its
+        ``pipe_target`` option. ``last_options`` are added to the last step.
+
+        Raises:
+          NoResultsBackend: a step is a group.
+          ValueError: the pipeline is empty, or nests too deeply to encode.
+          TypeError, MessageTooLarge: a message cannot be sent.
+        """
         if not all(isinstance(child, Message) for child in self.children):
             raise NoResultsBackend("A pipeline with a group step needs a results backend: add the Results middleware.")
         if not self.children:
             raise ValueError("A pipeline needs at least one step.")
-        target: dict[str, Any] | None = None
-        for step in reversed(self.children):
-            assert isinstance(step, Message)
-            options = dict(step.options)
-            if target is not None:
-                options["pipe_target"] = target
-            target = step.copy(options=options).asdict()
-        assert target is not None
-        first = Message.from_dict(target)
+        first = _chain(self.children, last_options)[0]  # type: ignore[arg-type]
         try:
             _check_encodable(broker, [first])
         except RecursionError:
@@ -432,7 +485,7 @@ class pipeline(_Composition):  # noqa: N801 - dramatiq's name
                 "(each step carries the rest in 'pipe_target'): add the Results middleware, "
                 "which keeps every message small."
             ) from None
-        broker.enqueue(first, delay=delay)
+        return first
 
     def __repr__(self) -> str:
         return f"pipeline({self.id}, {len(self)} steps)"
@@ -518,14 +571,42 @@ class group(_Composition):  # noqa: N801 - dramatiq's name
         return self._child_results(range(len(self)))
 
     def _run_without_backend(self, broker: Broker, delay: int | None) -> None:
-        if self.callbacks or self.failure_callbacks:
-            raise NoResultsBackend("Group callbacks need a results backend: add the Results middleware.")
-        if not all(isinstance(child, Message) for child in self.children):
-            raise NoResultsBackend(
-                "A group of pipelines or groups needs a results backend: add the Results middleware."
-            )
-        prepared, eta = broker._prepare_many(self.children, delay)  # type: ignore[arg-type]
-        broker._send_prepared(prepared, eta, delay)  # all encoded before any is sent
+        """dramatiq's behaviour: send the members (a member pipeline as its
+        chained first message); completion callbacks need the GroupCallbacks
+        middleware, which counts members on a rate-limiter backend."""
+        member_options: dict[str, Any] | None = None
+        if self.failure_callbacks:
+            raise NoResultsBackend("Group failure callbacks need a results backend: add the Results middleware.")
+        if self.callbacks:
+            if any(with_results for _, with_results in self.callbacks):
+                raise NoResultsBackend(
+                    "Completion callbacks with_results=True need a results backend: add the Results middleware."
+                )
+            counter = _group_callbacks(broker)
+            if counter is None:
+                raise NoResultsBackend(
+                    "Group completion callbacks need the Results middleware (a results backend) "
+                    "or the GroupCallbacks middleware (a rate-limiter backend)."
+                )
+            if not self.children:
+                raise ValueError("A group with completion callbacks needs at least one member.")
+            member_options = counter.member_options(self.id, len(self), [m.asdict() for m, _ in self.callbacks])
+        if any(isinstance(child, group) for child in self.children):
+            raise NoResultsBackend("A group of groups needs a results backend: add the Results middleware.")
+        firsts: list[Message[Any]] = []
+        for child in self.children:
+            if isinstance(child, pipeline):
+                firsts.append(child._chained(broker, member_options))
+            elif member_options:
+                firsts.append(child.copy(options={**child.options, **member_options}))  # type: ignore[union-attr]
+            else:
+                firsts.append(child)  # type: ignore[arg-type]
+        batches = [(broker._prepare_many(same, wait), wait) for wait, same in _by_delay(firsts, delay)]
+        for (prepared, eta), wait in batches:  # all encoded before any is sent
+            broker._send_prepared(prepared, eta, wait)
+        for child in self.children:
+            if isinstance(child, pipeline):
+                child._ran = True
 
     def __repr__(self) -> str:
         return f"group({self.id}, {len(self)} members)"
@@ -882,12 +963,22 @@ def _fail(
         composition_id, member = meta["up"]
 
 
+def _group_callbacks(broker: Broker) -> GroupCallbacks | None:
+    """The broker's GroupCallbacks middleware, if installed."""
+    from .middleware.group_callbacks import GroupCallbacks
+
+    for middleware in broker.middleware:
+        if isinstance(middleware, GroupCallbacks):
+            return middleware
+    return None
+
+
 def _send_pipe_target(broker: Broker, target: dict[str, Any], result: Any) -> None:
     """dramatiq-style pipelines (no results backend): the next step is nested in the option."""
     message = Message.from_dict(target)
     if not _ignores_input(broker, message):
         message = message.copy(args=(*message.args, result))
-    broker.enqueue(message)
+    broker.enqueue(message, delay=_check_delay(message.options.get("delay")))
 
 
 # By id ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 from .age_limit import AgeLimit
 from .callbacks import Callbacks
 from .current_message import CurrentMessage
+from .group_callbacks import GroupCallbacks
 from .middleware import Middleware, MiddlewareError, SkipMessage, get_option
 from .pipelines import Pipelines
 from .retries import Retries
@@ -19,6 +20,7 @@ __all__ = [
     "CurrentMessage",
     "DbConnections",
     "DjangoSignals",
+    "GroupCallbacks",
     "Middleware",
     "MiddlewareError",
     "Mirror",
