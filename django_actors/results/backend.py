@@ -26,17 +26,34 @@ DEFAULT_RESULT_TTL = 600_000
 COMPOSITION_TTL = 7 * 24 * 3600 * 1000
 
 
-def unwrap(record: Mapping[str, Any], what: str) -> Any:
-    """Return the value of a stored record, raising for stored failures."""
-    if "e" in record:
-        error = record["e"]
-        cls = CompositionCancelled if error.get("type") == "Cancelled" else ResultFailure
-        raise cls(
-            f"{what} failed: {error.get('type')}: {error.get('message')}",
-            error.get("type", ""),
-            error.get("message", ""),
-        )
-    return record.get("r")
+def unwrap(record: Any, what: str | None, message_id: str | None = None) -> Any:
+    """Return the value of a stored record, raising for stored failures.
+
+    A record is ``{"r": value}`` or ``{"e": {"type", "message"}}``; anything
+    else is a bare value stored by :meth:`ResultBackend._store` (dramatiq's
+    primitive) and returned as it is.
+
+    Parameters:
+      record: the stored record.
+      what: names the failed thing in the error's text (``"The pipeline
+        <id>"``); ``None`` gives dramatiq's text for a message result,
+        ``"actor raised <type>: <message>"``.
+      message_id: set as the error's ``message_id``.
+
+    Raises:
+      ResultFailure: the record is a failure (CompositionCancelled: cancelled).
+    """
+    if type(record) is not dict or len(record) != 1:
+        return record
+    if "r" in record:
+        return record["r"]
+    error = record.get("e")
+    if type(error) is not dict:
+        return record
+    kind, text = error.get("type", ""), error.get("message", "")
+    cls = CompositionCancelled if kind == "Cancelled" else ResultFailure
+    summary = f"actor raised {kind}: {text}" if what is None else f"{what} failed: {kind}: {text}"
+    raise cls(summary, kind, text, message_id=message_id)
 
 
 def failure_record(exception: BaseException | None, reason: str | None = None) -> dict[str, Any]:
@@ -52,25 +69,50 @@ class ResultBackend:
     Parameters:
       namespace: prefix of every key.
       encoder: the encoder for stored values (the global one by default).
+      use_namespace_prefix_keys: store a message's result under the readable
+        key ``{namespace}:{queue_name}:{actor_name}:{message_id}`` (dramatiq's
+        option); results are then read with the message, not its id alone.
+        By default the key is ``{namespace}:m:{message_id}``.
     """
 
     #: Whether blocking gets wait without polling.
     blocks_without_polling = False
 
-    def __init__(self, *, namespace: str = "django-actors-results", encoder: Encoder | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        namespace: str = "django-actors-results",
+        encoder: Encoder | None = None,
+        use_namespace_prefix_keys: bool = False,
+    ) -> None:
         self.namespace = namespace
         self.encoder = encoder or get_encoder()
+        self.use_namespace_prefix_keys = bool(use_namespace_prefix_keys)
 
     # Message results ------------------------------------------------------------
 
     def build_message_key(self, message: Message[Any] | str) -> str:
-        """The key a message's result is stored under (its ``message_id``)."""
-        message_id = message if isinstance(message, str) else message.message_id
-        return f"{self.namespace}:m:{message_id}"
+        """The key a message's result is stored under.
 
-    def get_result(
-        self, message: Message[Any] | str, *, block: bool = False, timeout: int | None = None
-    ) -> Any:
+        Parameters:
+          message: the message, or its id.
+
+        Raises:
+          TypeError: ``use_namespace_prefix_keys`` is set and only an id was
+            given (the key needs the queue and actor names too).
+        """
+        if isinstance(message, str):
+            if self.use_namespace_prefix_keys:
+                raise TypeError(
+                    "This results backend uses namespace prefix keys "
+                    "(namespace:queue:actor:message_id): pass the message, not only its id."
+                )
+            return f"{self.namespace}:m:{message}"
+        if self.use_namespace_prefix_keys:
+            return f"{self.namespace}:{message.queue_name}:{message.actor_name}:{message.message_id}"
+        return f"{self.namespace}:m:{message.message_id}"
+
+    def get_result(self, message: Message[Any] | str, *, block: bool = False, timeout: int | None = None) -> Any:
         """Return a message's result.
 
         Parameters:
@@ -85,12 +127,12 @@ class ResultBackend:
         """
         key = self.build_message_key(message)
         record = self.wait(key, timeout=timeout) if block else self._get(key)
+        message_id = message if isinstance(message, str) else message.message_id
         if record is None:
-            message_id = message if isinstance(message, str) else message.message_id
             if block:
                 raise ResultTimeout(f"Timed out waiting for the result of message {message_id}.")
             raise ResultMissing(f"No result yet for message {message_id}.")
-        return unwrap(record, f"Message {message if isinstance(message, str) else message.message_id}")
+        return unwrap(record, None, message_id)
 
     def wait(self, key: str, *, timeout: int | None = None) -> Any:
         """Wait up to ``timeout`` ms for a record under ``key``; ``None`` if none."""
@@ -115,6 +157,11 @@ class ResultBackend:
         )
 
     # Primitives ---------------------------------------------------------------------
+
+    def _store(self, key: str, value: Any, ttl: int) -> None:
+        """Store one bare ``value`` under ``key`` for ``ttl`` ms (dramatiq's
+        primitive). :meth:`get_result` returns such a value as it is."""
+        self._store_many({key: value}, ttl)
 
     def _get(self, key: str) -> Any:
         """Return the record under ``key``, or ``None``."""

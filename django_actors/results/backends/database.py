@@ -99,6 +99,7 @@ class DatabaseBackend(ResultBackend):
       poll_interval: the longest pause (ms) between looks of a blocking get
         waiting on a result stored by another process; waits in the storing
         process wake at once.
+      use_namespace_prefix_keys: readable result keys, see :class:`ResultBackend`.
     """
 
     def __init__(
@@ -108,12 +109,13 @@ class DatabaseBackend(ResultBackend):
         namespace: str = "django-actors-results",
         encoder: Encoder | None = None,
         poll_interval: int = DEFAULT_POLL_INTERVAL,
+        use_namespace_prefix_keys: bool = False,
     ) -> None:
         if not isinstance(using, str) or not using:
             raise ValueError(f"DatabaseBackend using must be a database alias, not {using!r}.")
         if not isinstance(poll_interval, int) or isinstance(poll_interval, bool) or poll_interval < 1:
             raise ValueError(f"DatabaseBackend poll_interval must be an int >= 1 (ms), not {poll_interval!r}.")
-        super().__init__(namespace=namespace, encoder=encoder)
+        super().__init__(namespace=namespace, encoder=encoder, use_namespace_prefix_keys=use_namespace_prefix_keys)
         self.using = using
         self.poll_interval = poll_interval
         self._next_prune = time.monotonic() + PRUNE_INTERVAL

@@ -117,6 +117,7 @@ class RedisBackend(ResultBackend):
       cache: a ``CACHES`` alias whose Redis connection to reuse.
       namespace: the prefix of every key.
       encoder: the encoder for stored values (the global one by default).
+      use_namespace_prefix_keys: readable result keys, see :class:`ResultBackend`.
       parameters: redis-py connection options for a client built here.
     """
 
@@ -130,11 +131,12 @@ class RedisBackend(ResultBackend):
         cache: str | None = None,
         namespace: str = "django-actors-results",
         encoder: Encoder | None = None,
+        use_namespace_prefix_keys: bool = False,
         **parameters: Any,
     ) -> None:
         if not isinstance(namespace, str) or not namespace or any(c.isspace() for c in namespace):
             raise ValueError(f"namespace must be a non-empty string without spaces, not {namespace!r}.")
-        super().__init__(namespace=namespace, encoder=encoder)
+        super().__init__(namespace=namespace, encoder=encoder, use_namespace_prefix_keys=use_namespace_prefix_keys)
         self.connection = RedisConnection(url=url, client=client, cache=cache, options=parameters)
         self._index = f"{namespace}:index"
         self._scripts: tuple[int, dict[str, Any]] | None = None
