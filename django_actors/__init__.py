@@ -21,6 +21,7 @@ from .composition import progress as composition_progress
 from .encoder import Encoder, JSONEncoder, PickleEncoder, get_encoder, set_encoder
 from .errors import (
     ActorNotFound,
+    BrokerConnectionError,
     BrokerError,
     ConnectionClosed,
     ConnectionError,
@@ -44,6 +45,7 @@ __all__ = [
     "Actor",
     "ActorNotFound",
     "Broker",
+    "BrokerConnectionError",
     "BrokerError",
     "CompositionNotFound",
     "ConnectionClosed",

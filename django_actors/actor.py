@@ -115,10 +115,23 @@ class Actor(Generic[P, R]):
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> Message[R]:
-        """Build a message with per-message options, without sending it."""
+        """Build a message with per-message options, without sending it.
+
+        A ``delay`` option (milliseconds or a timedelta) is kept, in
+        milliseconds, for pipelines and groups, which wait that long before
+        sending the message; to delay a single message, pass ``delay`` to
+        :meth:`send_with_options` or ``broker.enqueue``.
+
+        Raises:
+          ValueError: ``delay`` is negative or not a duration.
+        """
         if options:
             if "delay" in options:
-                raise TypeError("'delay' is an argument of send_with_options, not a message option.")
+                delay = _delay_ms(options["delay"])
+                if delay is None:
+                    del options["delay"]
+                else:
+                    options["delay"] = delay
             for name in _CALLBACK_OPTIONS:
                 value = options.get(name)
                 if isinstance(value, GenericActor):

@@ -442,7 +442,7 @@ class MessageProxy:
         return str(self._message)
 
     def __repr__(self) -> str:
-        return f"<MessageProxy {self._message.message_id} {self._message}>"
+        return f"MessageProxy({self._message!r})"
 
 
 class Consumer:

@@ -41,15 +41,19 @@ class QueueJoinTimeout(DjangoActorsError):
     """Raised by ``join`` when the queue is not empty before the timeout."""
 
 
-class ConnectionError(BrokerError):  # noqa: A001 - dramatiq's name
+class BrokerConnectionError(BrokerError):
     """Base class for broker connection errors."""
 
 
-class ConnectionFailed(ConnectionError):
+#: dramatiq 1's name for :class:`BrokerConnectionError`.
+ConnectionError = BrokerConnectionError  # noqa: A001
+
+
+class ConnectionFailed(BrokerConnectionError):
     """Raised when a broker connection could not be opened."""
 
 
-class ConnectionClosed(ConnectionError):
+class ConnectionClosed(BrokerConnectionError):
     """Raised when a broker connection is lost."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from .results.backend import ResultBackend
 
 R = TypeVar("R")
+
+logger = logging.getLogger(__name__)
 
 #: Fields every encoded message must carry.
 REQUIRED_FIELDS = ("queue_name", "actor_name", "args", "kwargs", "options", "message_id")
@@ -99,10 +102,13 @@ class Message(Generic[R]):
             problems.append("args must be a list")
         if not isinstance(fields["kwargs"], dict):
             problems.append("kwargs must be an object")
-        if not isinstance(fields["options"], dict):
+        options = fields["options"]
+        if not isinstance(options, dict):
             problems.append("options must be an object")
-        elif fields["options"]:
-            problems += _option_problems(fields["options"])
+        elif options:
+            if "eta" in options:
+                options = _checked_eta(options, fields.get("message_id"))
+            problems += _option_problems(options)
         timestamp = fields.get("message_timestamp", 0)
         if not isinstance(timestamp, int) or isinstance(timestamp, bool) or not 0 <= timestamp <= MAX_TIMESTAMP:
             problems.append("message_timestamp must be an integer (epoch milliseconds)")
@@ -113,7 +119,7 @@ class Message(Generic[R]):
             actor_name=fields["actor_name"],
             args=tuple(fields["args"]),
             kwargs=fields["kwargs"],
-            options=fields["options"],
+            options=options,
             message_id=fields["message_id"],
             message_timestamp=timestamp or current_millis(),
         )
@@ -270,6 +276,19 @@ def _option_problems(options: dict[str, Any]) -> list[str]:
     ):
         problems.append("option 'composition' must hold an id, a position and a path")
     return problems
+
+
+def _checked_eta(options: dict[str, Any], message_id: Any) -> dict[str, Any]:
+    """``options`` without an ``eta`` that is not a number: ``None`` is
+    dropped silently, anything else with a warning. The eta only says when a
+    message was due; a bad one from another producer is not worth losing the
+    message over, so it runs now."""
+    eta = options["eta"]
+    if isinstance(eta, int | float) and not isinstance(eta, bool):
+        return options
+    if eta is not None:
+        logger.warning("Invalid eta value for message %s: %r is not a number; running it now.", message_id, eta)
+    return {name: value for name, value in options.items() if name != "eta"}
 
 
 #: Options the engine reads, with their types: (name, type, description).

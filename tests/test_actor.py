@@ -282,13 +282,19 @@ def test_message_with_options_builds_without_sending(broker):
     assert ready(broker, "q") == [message]
 
 
-def test_message_with_options_rejects_delay(broker):
+def test_message_with_options_keeps_a_delay_in_milliseconds_and_checks_it(broker):
+    import datetime
+
     @actor(broker=broker)
     def add():
         pass
 
-    with pytest.raises(TypeError, match="delay"):
-        add.message_with_options(delay=10)
+    assert add.message_with_options(delay=10).options == {"delay": 10}
+    assert add.message_with_options(delay=datetime.timedelta(seconds=1.5)).options == {"delay": 1500}
+    assert add.message_with_options(delay=0).options == {}
+    for bad in (-1, "10", True, float("nan")):
+        with pytest.raises(ValueError, match="delay must be"):
+            add.message_with_options(delay=bad)
 
 
 def test_callback_actors_in_message_options_are_sent_by_name(broker):

@@ -17,7 +17,7 @@ from django_actors import Actor, GenericActor, Message, MessageProxy, Worker, ac
 from django_actors.broker import default_middleware
 from django_actors.brokers.stub import StubBroker
 from django_actors.message import current_millis
-from django_actors.middleware import CurrentMessage
+from django_actors.middleware import CurrentMessage, SkipMessage
 
 
 @pytest.fixture
@@ -356,8 +356,10 @@ def test_a_message_past_its_age_limit_fails_a_fail_fast_join_with_its_reason():
         worker = Worker(broker, worker_timeout=50, worker_threads=1)
         worker.start()
         try:
-            with pytest.raises(Exception, match="over its max_age of 100 ms"):
+            with pytest.raises(SkipMessage, match="Message age limit exceeded"):
                 broker.join("default", timeout=5000, fail_fast=True)
+            [dead] = broker.dead_letters
+            assert "over its max_age of 100 ms" in (dead.fail_reason or "")
         finally:
             worker.stop(timeout=5000)
         [dead] = broker.dead_letters

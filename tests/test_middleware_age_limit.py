@@ -112,8 +112,9 @@ def test_a_caller_waiting_on_a_skipped_message_gets_result_failure(broker, worke
         return "never"
 
     old = broker.enqueue(aged(too_late.message(), 10_000))
-    with pytest.raises(ResultFailure, match="max_age"):
+    with pytest.raises(ResultFailure, match="actor raised SkipMessage: Message age limit exceeded") as info:
         old.get_result(backend=broker.get_results_backend(), block=True, timeout=5000)
+    assert info.value.message_id == old.message_id
 
 
 def test_a_skipped_message_is_not_retried_nor_reported_as_a_failure(broker, worker):

@@ -12,6 +12,7 @@ import django_actors
 from django_actors.brokers.stub import StubBroker
 from django_actors.errors import ActorNotFound, DecodeError
 from django_actors.message import Message
+from django_actors.middleware import SkipMessage
 from django_actors.middleware.signals import DjangoSignals
 from django_actors.signals import (
     message_enqueued,
@@ -148,7 +149,7 @@ def test_an_expired_message_fails_without_starting(stub_broker: StubBroker, rece
     run_until_complete()
     assert names(received) == ["enqueued", "failed"]
     failed = received[-1][2]
-    assert failed["exception"] is None
+    assert isinstance(failed["exception"], SkipMessage)
     assert "over its max_age of 1 ms" in failed["reason"]
 
 

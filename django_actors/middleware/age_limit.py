@@ -30,6 +30,9 @@ class AgeLimit(Middleware):
             return
         age = current_millis() - message.message_timestamp
         if age > max_age:
-            reason = f"message is {age} ms old, over its max_age of {max_age} ms"
-            message.fail(reason)
-            raise SkipMessage(f"Message {message.message_id} skipped: {reason}.")
+            # dramatiq's exception text, which users match on; the detail
+            # goes into the failure reason (dead letter, logs, the admin).
+            skipped = SkipMessage("Message age limit exceeded")
+            message.fail(f"message is {age} ms old, over its max_age of {max_age} ms")
+            message.stuff_exception(skipped)
+            raise skipped
