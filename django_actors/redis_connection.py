@@ -538,16 +538,28 @@ class LaneScript:
                 script.sha = script.sha.decode()
             return lane.execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
-    def call_many(self, calls: list[tuple[Any, Any]]) -> list[Any]:
+    def call_many(self, calls: list[tuple[Any, Any]], *, return_errors: bool = False) -> list[Any]:
         """Run the script once per ``(keys, args)``, pipelined: one write of
         every call, then their replies, in order.
+
+        Parameters:
+          return_errors: return a failed call's error in its place instead
+            of raising it.
 
         Raises:
           redis.exceptions.ResponseError: a call failed (the others ran).
         """
         lane = self.lane
         if lane is None:
-            return [self(keys=keys, args=args) for keys, args in calls]
+            results: list[Any] = []
+            for keys, args in calls:
+                try:
+                    results.append(self(keys=keys, args=args))
+                except redis.exceptions.ResponseError as exc:
+                    if not return_errors:
+                        raise
+                    results.append(exc)
+            return results
         script = self.script
 
         def commands(indexes: list[int]) -> list[tuple[Any, ...]]:
@@ -562,8 +574,10 @@ class LaneScript:
             for i, reply in zip(missing, lane.execute_many(commands(missing)), strict=True):
                 replies[i] = reply
         for reply in replies:
-            if isinstance(reply, Exception):  # ResponseError, or LOADING while Redis restarts
-                raise reply
+            if not isinstance(reply, Exception):
+                continue
+            if not (return_errors and isinstance(reply, redis.exceptions.ResponseError)):
+                raise reply  # LOADING while Redis restarts is always raised
         return replies
 
 

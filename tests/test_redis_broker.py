@@ -423,9 +423,70 @@ def test_a_foreign_value_at_the_queue_key_is_renamed_aside(broker):
     broker.client.set(broker._queue_key("default"), b"something else")
     consumer = broker.consume("default", prefetch=1, timeout=100)
     assert consumer.fetch(1) == []
-    assert broker.client.get(broker._queue_key("default", "foreign:1")) == b"something else"
+    [aside] = broker.client.keys(broker._queue_key("default", "foreign:*"))
+    assert broker.client.get(aside) == b"something else"
     good.send(1)
     assert [p.args for p in consumer.fetch(1)] == [(1,)]
+
+
+def test_a_send_onto_a_queue_key_someone_pushed_onto_adopts_the_list_and_stores_the_message(broker, workers):
+    done = []
+
+    @actor(broker=broker, actor_name="good")
+    def good(n):
+        done.append(n)
+
+    broker.client.lpush(broker._queue_key("default"), b"junk", good.message(7).encode())
+    good.send(8)  # not a WRONGTYPE error
+    broker.enqueue_many([good.message(9), good.message(10)])
+    workers(broker)
+    broker.join("default", timeout=10_000)
+    assert sorted(done) == [7, 8, 9, 10]
+    assert [d.data for d in broker.dead_letters()] == [b"junk"]
+
+
+@pytest.mark.parametrize(
+    ("suffix", "garbage"),
+    [("", "string"), ("msgs", "string"), ("delayed", "list"), ("notify", "string"), ("seq", "text"), ("seq", "list")],
+)
+def test_sends_onto_keys_holding_foreign_values_move_them_aside_and_lose_nothing(broker, workers, suffix, garbage):
+    done = []
+
+    @actor(broker=broker, actor_name="good")
+    def good(n):
+        done.append(n)
+
+    key = broker._key("seq") if suffix == "seq" else broker._queue_key("default", suffix)
+    if garbage == "list":
+        broker.client.rpush(key, b"a", b"b")
+    else:
+        broker.client.set(key, b"not a number" if garbage == "text" else b"something else")
+    good.send(1)
+    good.send_with_options(args=(2,), delay=1)
+    broker.enqueue_many([good.message(n) for n in range(3, 1503)])  # two pipelined chunks
+    workers(broker)
+    broker.join("default", timeout=20_000)
+    assert sorted(done) == list(range(1, 1503))  # each once: a failed chunk is not sent twice
+    [aside] = broker.client.keys(key + ":foreign:*")
+    assert broker.client.type(aside) == (b"list" if garbage == "list" else b"string")
+    assert broker.dead_letters() == []
+
+
+def test_the_queue_registry_holding_a_foreign_value_does_not_fail_a_send_that_stored_its_message(broker, workers):
+    done = []
+
+    @actor(broker=broker, actor_name="good")
+    def good(n):
+        done.append(n)
+
+    broker.client.set(broker._key("queues"), b"junk")
+    good.send(1)  # stored before the registry write failed: not sent twice
+    broker.enqueue_many([good.message(2), good.message(3)])
+    workers(broker)
+    broker.join("default", timeout=10_000)
+    assert sorted(done) == [1, 2, 3]
+    assert broker.client.type(broker._key("queues")) == b"set"
+    assert broker.client.keys(broker._key("queues") + ":foreign:*")
 
 
 def test_members_without_payload_are_skipped(broker):

@@ -119,6 +119,46 @@ local function zadd_chunked(key, pairs)
     redis.call('zadd', key, unpack(pairs, i, math.min(i + 1999, #pairs)))
   end
 end
+-- A key holding something else than its type: renamed aside, never deleted.
+local function move_aside(key)
+  local stamp = now_ms()
+  local n = 0
+  local target = key .. ':foreign:' .. stamp
+  while redis.call('exists', target) == 1 do
+    n = n + 1
+    target = key .. ':foreign:' .. stamp .. '.' .. n
+  end
+  redis.call('rename', key, target)
+  return target
+end
+-- Make a queue key a sorted set again. Someone pushed onto it (a list): each
+-- element becomes a message (returns 1). Any other value: moved aside
+-- (returns 2). A sorted set or nothing: 0.
+local function adopt(ready, msgs, seq)
+  local kind = redis.call('type', ready)['ok']
+  if kind == 'list' then
+    local items = redis.call('lrange', ready, 0, -1)
+    redis.call('del', ready)
+    local last = redis.call('incrby', seq, #items)
+    local fields, scores = {}, {}
+    for i, payload in ipairs(items) do
+      local member = member_for(last - #items + i, 0)
+      fields[#fields + 1] = member
+      fields[#fields + 1] = payload
+      scores[#scores + 1] = 0
+      scores[#scores + 1] = member
+    end
+    for i = 1, #fields, 2000 do
+      redis.call('hset', msgs, unpack(fields, i, math.min(i + 1999, #fields)))
+    end
+    zadd_chunked(ready, scores)
+    return 1
+  elseif kind ~= 'zset' and kind ~= 'none' then
+    move_aside(ready)
+    return 2
+  end
+  return 0
+end
 -- Move every member of a worker's ack set for queue q back to q's ready set.
 local function release(ns, q, worker)
   local ack = ns .. ':q:' .. q .. ':ack:' .. worker
@@ -152,20 +192,26 @@ for i = 1, n do
   if eta == '' then scores[2 * i - 1] = priority else scores[2 * i - 1] = eta end
   scores[2 * i] = member
 end
-redis.call('hset', KEYS[2], unpack(fields))
+-- The sorted set first: a foreign value there fails the script before it
+-- wrote anything (a member whose payload is missing is skipped by fetch).
 if eta == '' then
   redis.call('zadd', KEYS[1], unpack(scores))
+  redis.call('hset', KEYS[2], unpack(fields))
   -- Consumers block only after finding the queue empty, and a fetch that
   -- leaves messages behind wakes the next one: a token is needed only when
   -- the queue was empty until now.
   if redis.call('zcard', KEYS[1]) ~= n then return n end
 else
   redis.call('zadd', KEYS[3], unpack(scores))
+  redis.call('hset', KEYS[2], unpack(fields))
   -- always: waiting consumers recompute when the next message is due
 end
-redis.call('lpush', KEYS[4], '1')
+-- The message is stored: a foreign value at the wake-up list or the queue
+-- registry must not fail the script now (the caller would send it again).
+local woke = redis.pcall('lpush', KEYS[4], '1')
+local registered = redis.pcall('sadd', KEYS[6], ARGV[1])
+if type(woke) == 'table' or type(registered) == 'table' then return -n end
 redis.call('ltrim', KEYS[4], 0, 0)
-redis.call('sadd', KEYS[6], ARGV[1])
 return n
 """
 
@@ -173,18 +219,47 @@ return n
 # KEYS: as _ENQUEUE; ARGV: queue name, eta ('' = now), priority, payload
 _ENQUEUE_ONE = """
 local member = string.format('%016d:%s', redis.call('incr', KEYS[5]), ARGV[3])
-redis.call('hset', KEYS[2], member, ARGV[4])
 if ARGV[2] == '' then
   redis.call('zadd', KEYS[1], ARGV[3], member)
+  redis.call('hset', KEYS[2], member, ARGV[4])
   if redis.call('zcard', KEYS[1]) ~= 1 then return 1 end  -- not empty before: no token
 else
   redis.call('zadd', KEYS[3], ARGV[2], member)
+  redis.call('hset', KEYS[2], member, ARGV[4])
 end
-redis.call('lpush', KEYS[4], '1')
+local woke = redis.pcall('lpush', KEYS[4], '1')  -- stored: as in _ENQUEUE
+local registered = redis.pcall('sadd', KEYS[6], ARGV[1])
+if type(woke) == 'table' or type(registered) == 'table' then return -1 end
 redis.call('ltrim', KEYS[4], 0, 0)
-redis.call('sadd', KEYS[6], ARGV[1])
 return 1
 """
+
+# Run when an enqueue met a key of the wrong type: every key the enqueue
+# writes gets its type back; foreign values are moved aside (a list at the
+# queue key is adopted as messages), never deleted.
+# KEYS: as _ENQUEUE. Returns the names of the keys that were fixed.
+_REPAIR = (
+    _LUA_PRELUDE
+    + """
+local fixed = {}
+local seq = KEYS[5]
+local kind = redis.call('type', seq)['ok']
+if kind ~= 'none' and (kind ~= 'string' or not tonumber(redis.call('get', seq))) then
+  move_aside(seq)
+  fixed[#fixed + 1] = seq
+end
+local expected = {[2] = 'hash', [3] = 'zset', [4] = 'list', [6] = 'set'}
+for i, want in pairs(expected) do
+  kind = redis.call('type', KEYS[i])['ok']
+  if kind ~= 'none' and kind ~= want then
+    move_aside(KEYS[i])
+    fixed[#fixed + 1] = KEYS[i]
+  end
+end
+if adopt(KEYS[1], KEYS[2], seq) ~= 0 then fixed[#fixed + 1] = KEYS[1] end
+return fixed
+"""
+)
 
 # KEYS: ready, msgs, delayed, ack, notify, workers, seq, queues
 # ARGV: worker id, now (client ms), count, queue name, then members to ack
@@ -200,30 +275,7 @@ if not redis.call('zscore', KEYS[6], ARGV[1]) then
   redis.call('zadd', KEYS[6], now_ms(), ARGV[1])
 end
 redis.call('sadd', KEYS[8], ARGV[4])
-local foreign = 0
-local kind = redis.call('type', ready)['ok']
-if kind == 'list' then
-  -- Someone pushed onto the queue key: adopt each element as a message.
-  local items = redis.call('lrange', ready, 0, -1)
-  redis.call('del', ready)
-  local last = redis.call('incrby', KEYS[7], #items)
-  local fields, scores = {}, {}
-  for i, payload in ipairs(items) do
-    local member = member_for(last - #items + i, 0)
-    fields[#fields + 1] = member
-    fields[#fields + 1] = payload
-    scores[#scores + 1] = 0
-    scores[#scores + 1] = member
-  end
-  for i = 1, #fields, 2000 do
-    redis.call('hset', msgs, unpack(fields, i, math.min(i + 1999, #fields)))
-  end
-  zadd_chunked(ready, scores)
-  foreign = 1
-elseif kind ~= 'zset' and kind ~= 'none' then
-  redis.call('rename', ready, ready .. ':foreign:' .. redis.call('incr', KEYS[7]))
-  foreign = 2
-end
+local foreign = adopt(ready, msgs, KEYS[7])
 local due = redis.call('zrangebyscore', delayed, '-inf', ARGV[2], 'LIMIT', 0, 1000)
 if #due > 0 then
   local adds = {}
@@ -493,6 +545,19 @@ class QueueStats:
     dead: int
 
 
+def _foreign_value(exc: BaseException) -> bool:
+    """Whether a script failed on a key of the wrong type (before writing)."""
+    text = str(exc)
+    return text.startswith("WRONGTYPE") or "value is not an integer" in text
+
+
+def _needs_repair(reply: Any) -> bool:
+    """Whether an enqueue reply says a key held a foreign value."""
+    if isinstance(reply, Exception):
+        return _foreign_value(reply)
+    return isinstance(reply, int) and reply < 0
+
+
 class _Scripts:
     """The broker's Lua scripts, bound to the connection's current client
     (they run through its lane)."""
@@ -502,6 +567,7 @@ class _Scripts:
         # worker's own calls sleep, leaving the CPU to the others.
         self.enqueue = connection.register_script(_ENQUEUE, spin=spin_wait)
         self.enqueue_one = connection.register_script(_ENQUEUE_ONE, spin=spin_wait)
+        self.repair = connection.register_script(_REPAIR)
         self.fetch = connection.register_script(_FETCH)
         self.ack = connection.register_script(_ACK)
         self.nack = connection.register_script(_NACK)
@@ -667,14 +733,22 @@ class RedisBroker(Broker):
         if len(items) == 1:  # send(): one message, nothing to group
             message, data = items[0]
             queue_name = message.queue_name
+            keys = self._enqueue_keys(queue_name)
+            one = [queue_name, when, self._priority(message), data]
             try:
-                scripts.enqueue_one(
-                    keys=self._enqueue_keys(queue_name), args=[queue_name, when, self._priority(message), data]
-                )
+                if scripts.enqueue_one(keys=keys, args=one) < 0:  # stored; a side key was foreign
+                    self._repair(queue_name)
             except CONNECTION_ERRORS as exc:
                 raise ConnectionClosed(
                     f"Redis connection lost while enqueueing to {queue_name!r}: {type(exc).__name__}: {exc}"
                 ) from exc
+            except redis.exceptions.ResponseError as exc:
+                if not _foreign_value(exc):
+                    raise
+                # Nothing was stored: give the keys their types back, then store it.
+                self._repair(queue_name)
+                with translate_errors(f"enqueueing to {queue_name!r}"):
+                    scripts.enqueue_one(keys=keys, args=one)
             return
         by_queue: dict[str, list[Any]] = defaultdict(list)
         priorities: dict[str, int] = {}
@@ -684,6 +758,7 @@ class RedisBroker(Broker):
                 priority = priorities[message.actor_name] = self._priority(message)
             by_queue[message.queue_name].append((priority, data))
         calls: list[tuple[list[str], list[Any]]] = []
+        names: list[str] = []
         for queue_name, entries in by_queue.items():
             keys = self._enqueue_keys(queue_name)
             for start in range(0, len(entries), ENQUEUE_CHUNK):
@@ -691,10 +766,33 @@ class RedisBroker(Broker):
                 for priority, data in entries[start : start + ENQUEUE_CHUNK]:
                     args += (priority, data)
                 calls.append((keys, args))
+                names.append(queue_name)
         # One script call per chunk of a queue, pipelined: Redis stores the
         # first chunk while the next ones are still on their way.
         with translate_errors(f"enqueueing to {', '.join(map(repr, by_queue))}"):
-            scripts.enqueue.call_many(calls)
+            replies = scripts.enqueue.call_many(calls, return_errors=True)
+            failed = [i for i, reply in enumerate(replies) if isinstance(reply, Exception)]
+            for i in failed:
+                if not _foreign_value(replies[i]):
+                    raise replies[i]
+            for queue_name in dict.fromkeys(names[i] for i, reply in enumerate(replies) if _needs_repair(reply)):
+                self._repair(queue_name)
+            if failed:  # those chunks stored nothing: send them again, once
+                for reply in scripts.enqueue.call_many([calls[i] for i in failed]):
+                    if reply < 0:
+                        self._repair(names[failed[0]])
+
+    def _repair(self, queue_name: str) -> None:
+        """Give the keys an enqueue writes their types back after one held a
+        foreign value (someone wrote into Redis by hand): such values are
+        moved aside, a list at the queue key is adopted as messages."""
+        with translate_errors(f"repairing the keys of queue {queue_name!r}"):
+            fixed = self.scripts.repair(keys=self._enqueue_keys(queue_name))
+        for key in fixed:
+            logger.error(
+                "Queue %r: key %r held a value of the wrong type; it was moved aside (or adopted, for a list "
+                "at the queue key).", queue_name, _text(key),
+            )  # fmt: skip
 
     def put_raw(self, queue_name: str, data: bytes, *, priority: int = 0) -> None:
         """Put raw bytes on a queue, bypassing encoding and checks (for tests
