@@ -55,7 +55,10 @@ Safety details
 - Garbage never stops a consumer: an undecodable or oversized payload becomes
   a failed message that the worker dead-letters with its reason; a list that
   someone ``LPUSH``-ed onto the queue key is adopted, each element becoming a
-  message; any other foreign value at the queue key is renamed aside.
+  message; any other foreign value at the queue key is renamed aside. A send
+  that meets a key of the wrong type (the queue, its payloads, its delayed
+  set, the sequence...) repairs the keys the same way, then stores its
+  message once.
 - After a fork the client, the worker id and the heartbeat are new; the
   heartbeat thread starts in the process that consumes.
 
