@@ -68,3 +68,25 @@ def test_connection_errors_have_dramatiq_2_names():
     assert issubclass(ConnectionFailed, BrokerConnectionError)
     assert django_actors.ConnectionError is BrokerConnectionError  # dramatiq 1's name still works
     assert issubclass(BrokerConnectionError, django_actors.BrokerError)
+
+
+def test_worker_join_waits_for_failed_messages_without_raising_them():
+    from django_actors import Worker
+
+    broker = StubBroker()  # its own join raises failures by default (dramatiq 2)
+    try:
+
+        @actor(broker=broker, actor_name="explodes", max_retries=0)
+        def explodes():
+            raise RuntimeError("boom")
+
+        explodes.send()
+        worker = Worker(broker, worker_timeout=50, worker_threads=1)
+        worker.start()
+        try:
+            worker.join(timeout=10_000)  # returns once the queue is done; the failure is not raised here
+            assert len(broker.dead_letters) == 1
+        finally:
+            worker.stop(timeout=5000)
+    finally:
+        broker.close()
