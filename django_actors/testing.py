@@ -6,6 +6,8 @@ Fixtures:
     broker for the test, with the project's middleware
     (``DJANGO_ACTORS['MIDDLEWARE']`` or the defaults, without the admin
     mirror) and an in-memory results backend in place of the configured one.
+    Its ``join(queue)`` raises what a failed message raised, as dramatiq 2's
+    does (``join(queue, fail_fast=False)`` waits regardless).
   stub_worker: a :class:`Worker` running on ``stub_broker``, stopped after the test.
 
 Helper:
@@ -32,6 +34,7 @@ actors a small ``min_backoff`` in tests that exercise retries.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Iterator
@@ -180,7 +183,9 @@ def run_until_complete(
     Parameters:
       timeout: milliseconds for the whole run.
       fail_fast: raise the exception of the first message that failed for
-        good (dead-lettered) instead of carrying on.
+        good (dead-lettered) instead of carrying on. Without it, failures
+        are left in the dead letters, unraised (a stub broker's plain
+        ``join`` afterwards still raises them).
       worker_threads: how many messages run at once.
 
     Raises:
@@ -198,7 +203,7 @@ def run_until_complete(
             for queue_name in queues:
                 remaining = max(int((deadline - time.monotonic()) * 1000), 0)
                 try:
-                    broker.join(queue_name, timeout=remaining)
+                    _join(broker, queue_name, remaining)
                 except QueueJoinTimeout as exc:
                     if fail_fast:
                         worker.raise_first_failure()
@@ -219,10 +224,19 @@ def run_until_complete(
         worker.stop(timeout=max(int((deadline - time.monotonic()) * 1000), 1000))
 
 
+def _join(broker: Broker, queue_name: str, timeout: int) -> None:
+    """Join a queue without the broker's own fail-fast: failures are the
+    recording worker's to report, as ``run_until_complete`` documents."""
+    options: dict[str, Any] = {}
+    if "fail_fast" in inspect.signature(broker.join).parameters:
+        options["fail_fast"] = False
+    broker.join(queue_name, timeout=timeout, **options)
+
+
 def _all_empty(broker: Broker, queues: list[str]) -> bool:
     for queue_name in queues:
         try:
-            broker.join(queue_name, timeout=0)
+            _join(broker, queue_name, 0)
         except QueueJoinTimeout:
             return False
     return True

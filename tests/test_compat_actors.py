@@ -200,7 +200,7 @@ def test_a_generic_actor_without_perform_can_be_defined_but_not_run(broker, work
 
     # Sent to a worker, the message fails with that error and is dead-lettered.
     Constants.send()
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     [dead] = broker.dead_letters
     assert isinstance(dead.exception, NotImplementedError)
 

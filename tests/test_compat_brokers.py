@@ -272,15 +272,16 @@ def test_fail_fast_default_true_makes_a_plain_join_raise():
         broker.close()
 
 
-def test_by_default_a_plain_join_does_not_raise(broker, start_worker):
+def test_by_default_a_plain_join_raises_as_dramatiqs_does(broker, start_worker):
     @actor(broker=broker, max_retries=0)
     def broken():
         raise ZeroDivisionError
 
     start_worker()
     broken.send()
-    broker.join("default", timeout=5000)
-    assert broker.fail_fast_default is False
+    assert broker.fail_fast_default is True
+    with pytest.raises(ZeroDivisionError):
+        broker.join("default", timeout=5000)
     assert len(broker.dead_letters) == 1
 
 

@@ -39,7 +39,7 @@ def worker(broker):
 def join(broker, *queues):
     for _ in range(2):  # callbacks may enqueue into queues joined earlier
         for queue_name in queues:
-            broker.join(queue_name, timeout=5000)
+            broker.join(queue_name, timeout=5000, fail_fast=False)
 
 
 def test_on_success_gets_the_message_data_and_the_result(broker, worker):

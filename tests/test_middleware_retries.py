@@ -84,7 +84,7 @@ def test_max_retries_retries_then_dead_letters_keeping_the_message_id(broker, wo
         raise ValueError("nope")
 
     message = always_fails.send()
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     assert attempts.retries == [0, 1, 2, 3]
     assert {a["id"] for a in attempts.items} == {message.message_id}
     [letter] = broker.dead_letters
@@ -102,7 +102,7 @@ def test_max_retries_zero_fails_at_once(broker, worker):
         raise ValueError
 
     once.send()
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     assert attempts.retries == [0]
     assert len(broker.dead_letters) == 1
 
@@ -116,7 +116,7 @@ def test_a_message_option_overrides_max_retries(broker, worker):
         raise ValueError
 
     fails.send_with_options(max_retries=1)
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     assert attempts.retries == [0, 1]
 
 
@@ -133,7 +133,7 @@ def test_the_middleware_default_max_retries_applies():
     worker = Worker(broker, worker_timeout=50, worker_threads=1)
     worker.start()
     try:
-        broker.join("default", timeout=5000)
+        broker.join("default", timeout=5000, fail_fast=False)
     finally:
         worker.stop()
     assert attempts.retries == [0, 1, 2]
@@ -165,7 +165,7 @@ def test_retries_wait_an_exponential_backoff_with_jitter(broker, worker):
         raise ValueError
 
     slow_retries.send()
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     assert attempts.retries == [0, 1, 2]
     first_delay = attempts.items[1]["options"]["eta"] - failed_at[0]
     second_delay = attempts.items[2]["options"]["eta"] - failed_at[1]
@@ -186,7 +186,7 @@ def test_max_backoff_caps_the_delay(broker, worker):
         raise ValueError
 
     capped.send()
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     delay = attempts.items[1]["options"]["eta"] - failed_at[0]
     assert 20 <= delay <= 40 + 20
 
@@ -235,7 +235,7 @@ def test_retry_counts_against_max_retries(broker, worker):
         raise Retry(delay=1)
 
     keeps_asking.send()
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     assert attempts.retries == [0, 1, 2]
     assert len(broker.dead_letters) == 1
 
@@ -259,11 +259,11 @@ def test_retry_when_decides_instead_of_max_retries(broker, worker):
         raise ValueError
 
     network.send()
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     assert seen == [(0, "ConnectionRefusedError"), (1, "ConnectionRefusedError"), (2, "ConnectionRefusedError")]
     seen.clear()
     logic.send()
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     assert seen == [(0, "ValueError")]
     assert len(broker.dead_letters) == 2
 
@@ -282,13 +282,13 @@ def test_throws_fails_at_once_without_an_error_log(broker, worker, caplog):
 
     with caplog.at_level(logging.INFO):
         expected.send()
-        broker.join("default", timeout=5000)
+        broker.join("default", timeout=5000, fail_fast=False)
     assert attempts.retries == [0]
     assert len(broker.dead_letters) == 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     caplog.clear()
     unexpected.send()
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     assert [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
@@ -304,7 +304,7 @@ def test_on_retry_exhausted_is_sent_the_message_and_the_counts(broker, worker):
         raise ValueError
 
     message = hopeless.send(7)
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     broker.join("exhausted", timeout=5000)
     [(data, details)] = exhausted
     assert data["message_id"] == message.message_id
@@ -330,7 +330,7 @@ def test_on_retry_exhausted_as_an_actor_and_as_a_message_option(broker, worker):
     hopeless.send(1)
     hopeless_too.send_with_options(args=(2,), on_retry_exhausted=gave_up)
     for _ in range(2):
-        broker.join("default", timeout=5000)
+        broker.join("default", timeout=5000, fail_fast=False)
     assert sorted(exhausted) == [1, 2]
 
 

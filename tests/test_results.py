@@ -151,7 +151,7 @@ def test_a_failure_of_a_message_without_store_results_is_not_stored(broker, work
         raise ValueError
 
     message = explodes.send()
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     with pytest.raises(ResultMissing):
         message.get_result(backend=backend)
 

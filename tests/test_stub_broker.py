@@ -166,22 +166,62 @@ def test_join_fail_fast_ignores_failures_in_other_queues(broker, start_worker):
 
     fails_elsewhere.send()
     start_worker()
-    broker.join("other", timeout=5000)
+    broker.join("other", timeout=5000, fail_fast=False)
     fine.send()
     broker.join("default", timeout=5000, fail_fast=True)
     with pytest.raises(ValueError, match="elsewhere"):
         broker.join("other", timeout=5000, fail_fast=True)
 
 
-def test_join_without_fail_fast_ignores_failures(broker, start_worker):
+def test_join_fail_fast_false_ignores_failures(broker, start_worker):
     @actor(broker=broker, max_retries=0)
     def fails():
         raise ValueError("ignored")
 
     fails.send()
     start_worker()
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     assert len(broker.dead_letters) == 1
+
+
+def test_a_plain_join_raises_by_default_and_waits_with_fail_fast_default_false(broker, start_worker):
+    # By default (dramatiq 2's), a plain join raises what the failed message raised.
+    @actor(broker=broker, max_retries=0)
+    def fails():
+        raise ValueError("by default")
+
+    assert broker.fail_fast_default is True
+    fails.send()
+    start_worker()
+    with pytest.raises(ValueError, match="by default"):
+        broker.join("default", timeout=5000)
+
+    # Built with fail_fast_default=False, a plain join waits past the failure
+    # for the message behind it, and leaves the failure unreported.
+    patient = StubBroker(middleware=default_middleware(), fail_fast_default=False)
+    done = []
+
+    @actor(broker=patient, max_retries=0)
+    def fails_too():
+        raise KeyError("waited past")
+
+    @actor(broker=patient)
+    def behind(i):
+        done.append(i)
+
+    fails_too.send()
+    behind.send(1)
+    worker = Worker(patient, worker_timeout=50, worker_threads=1)
+    worker.start()
+    try:
+        patient.join("default", timeout=5000)
+        assert done == [1]
+        assert [p.actor_name for p in patient.dead_letters] == ["fails_too"]
+        with pytest.raises(KeyError, match="waited past"):
+            patient.join("default", timeout=5000, fail_fast=True)
+    finally:
+        worker.stop(timeout=5000)
+        patient.close()
 
 
 def test_join_waits_for_delayed_messages(broker, start_worker):
@@ -251,7 +291,7 @@ def test_flush_all_drops_messages_and_dead_letters(broker, start_worker):
 
     fails.send()
     worker = start_worker()
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     worker.stop()
     other.send()
     other.send_with_options(delay=60_000)
@@ -274,8 +314,8 @@ def test_dead_letters_by_queue(broker, start_worker):
     fails_a.send(2)
     fails_b.send()
     start_worker()
-    broker.join("default", timeout=5000)
-    broker.join("b", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
+    broker.join("b", timeout=5000, fail_fast=False)
     assert sorted(p.args[0] for p in broker.dead_letters_by_queue["default"]) == [1, 2]
     assert [p.actor_name for p in broker.dead_letters_by_queue["b"]] == ["fails_b"]
     assert len(broker.dead_letters) == 3
@@ -296,7 +336,7 @@ def test_requeue_dead_letters_puts_them_back(broker, start_worker):
     for i in range(3):
         flaky.send(i)
     start_worker()
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     assert len(broker.dead_letters) == 3
     healed.set()
     assert broker.requeue_dead_letters() == 3
@@ -315,7 +355,7 @@ def test_requeue_dead_letters_by_id_keeps_the_others(broker):
     messages = [fails.send(i) for i in range(3)]
     worker.start()
     try:
-        broker.join("default", timeout=5000)
+        broker.join("default", timeout=5000, fail_fast=False)
     finally:
         worker.stop()
     assert broker.requeue_dead_letters([messages[1].message_id, "no-such-id"]) == 1
@@ -332,7 +372,7 @@ def test_purge_dead_letters(broker, start_worker):
 
     messages = [fails.send(i) for i in range(3)]
     start_worker()
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     assert broker.purge_dead_letters([messages[0].message_id]) == 1
     assert len(broker.dead_letters) == 2
     assert broker.purge_dead_letters() == 2
@@ -351,7 +391,7 @@ def test_garbage_is_dead_lettered_with_a_reason_and_the_worker_goes_on(broker, s
     broker.put_raw("default", b'{"queue_name": "default"}')
     good.send(1)
     start_worker(worker_threads=1)
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     assert done == [1]
     reasons = [p.fail_reason for p in broker.dead_letters]
     assert len(reasons) == 2
@@ -365,7 +405,7 @@ def test_undecodable_dead_letters_are_requeued_as_they_were(broker, start_worker
     broker.declare_queue("default")
     broker.put_raw("default", b"garbage")
     worker = start_worker()
-    broker.join("default", timeout=5000)
+    broker.join("default", timeout=5000, fail_fast=False)
     worker.stop()
     assert broker.requeue_dead_letters() == 1
     assert list(broker.queues["default"].ready) == [b"garbage"]

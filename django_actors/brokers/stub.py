@@ -66,15 +66,15 @@ class StubBroker(Broker):
 
     Parameters:
       middleware: the middleware; the defaults when ``None``.
-      fail_fast_default: what :meth:`join` does when not told: wait on
-        regardless of failures (``False``), or raise the exception of a
-        dead-lettered message (``True``: dramatiq 2's default, for tests
-        written against it).
+      fail_fast_default: what :meth:`join` does when not told: raise the
+        exception of a dead-lettered message (``True``, the default, as
+        dramatiq 2's stub broker does), or wait on regardless of failures
+        (``False``).
     """
 
     supports_batch_enqueue = True
 
-    def __init__(self, middleware: Any = None, *, fail_fast_default: bool = False, **kwargs: Any) -> None:
+    def __init__(self, middleware: Any = None, *, fail_fast_default: bool = True, **kwargs: Any) -> None:
         self.fail_fast_default = fail_fast_default
         self._lock = threading.Condition()
         self._queues: dict[str, _StubQueue] = {}
@@ -165,7 +165,8 @@ class StubBroker(Broker):
             ``fail_fast`` join (also when it failed before this call),
             instead of waiting on. The other unreported failures of the
             queue are considered reported with it. ``None``: the broker's
-            ``fail_fast_default``.
+            ``fail_fast_default`` (``True`` unless built otherwise); pass
+            ``False`` to wait on regardless of failures.
 
         Raises:
           QueueNotFound: the queue was never declared.
