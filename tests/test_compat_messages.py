@@ -90,3 +90,26 @@ def test_worker_join_waits_for_failed_messages_without_raising_them():
             worker.stop(timeout=5000)
     finally:
         broker.close()
+
+
+def test_a_stub_queue_hands_out_its_next_message_as_a_queue_queue_does():
+    from queue import Empty
+
+    broker = StubBroker()
+    try:
+
+        @actor(broker=broker, actor_name="add")
+        def add(x, y):
+            return x + y
+
+        sent = add.send(1, 2)
+        assert Message.decode(broker.queues["default"].get(timeout=1)) == sent
+        with pytest.raises(Empty):
+            broker.queues["default"].get(timeout=0.05)
+        with pytest.raises(Empty):
+            broker.queues["default"].get(block=False)
+        broker.join("default", timeout=1000)  # taken out: the queue is empty, not waiting on it
+        add.send_with_options(args=(3, 4), delay=30)
+        assert Message.decode(broker.queues["default"].get(timeout=5)).args == (3, 4)  # once due
+    finally:
+        broker.close()

@@ -8,6 +8,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
+from queue import Empty
 from typing import Any
 
 from ..broker import Broker, Consumer, MessageProxy
@@ -18,7 +19,7 @@ from ..message import Message, current_millis, salvage_message_id
 class _StubQueue:
     """One queue: ready messages, delayed messages and the unacked count.
 
-    ``put``, ``qsize`` and ``unfinished_tasks`` read like a ``queue.Queue``
+    ``put``, ``get``, ``qsize`` and ``unfinished_tasks`` read like a ``queue.Queue``
     (what tests written for dramatiq's stub broker poke at).
     """
 
@@ -34,6 +35,27 @@ class _StubQueue:
         with self._lock:
             self.ready.append(data)
             self._lock.notify_all()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> bytes:
+        """Take the next ready message out of the queue (it will not be
+        delivered), waiting up to ``timeout`` seconds when ``block``.
+
+        Raises:
+          queue.Empty: no message was ready in time.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while True:
+                self.promote(current_millis())
+                if self.ready:
+                    data = self.ready.popleft()
+                    self._lock.notify_all()  # a join may be waiting for the queue to empty
+                    return data
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if not block or (remaining is not None and remaining <= 0):
+                    raise Empty
+                wait = 0.05 if self.delayed else remaining
+                self._lock.wait(wait if remaining is None or wait is None else min(wait, remaining))
 
     def qsize(self) -> int:
         """How many messages wait: ready and delayed."""
