@@ -353,8 +353,13 @@ class _ConsumerThread(threading.Thread):
                 time.sleep(min(worker.worker_timeout / 1000, 0.05))
                 continue
             with self._room:
-                room = worker.queue_prefetch - self.in_flight
-                if room <= 0:
+                prefetch = worker.queue_prefetch
+                room = prefetch - self.in_flight
+                # Fetch in batches: while every thread still has a message
+                # waiting for it, wait for half the prefetch to free up
+                # rather than fetching each freed slot in a round trip of
+                # its own; fetch at once when threads would run dry.
+                if room <= 0 or (room < prefetch // 2 and self.in_flight >= worker.worker_threads):
                     self._room.wait(worker.worker_timeout / 1000)
                     continue
             try:
