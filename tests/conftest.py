@@ -22,6 +22,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -106,9 +107,7 @@ def redis_server(request: pytest.FixtureRequest) -> RedisServer:
 
 
 @pytest.fixture
-def redis_client(
-    redis_server: RedisServer, request: pytest.FixtureRequest
-) -> Iterator[redis.Redis]:
+def redis_client(redis_server: RedisServer, request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
     # pytest-redis's client flushes after the test; flush before it too, so a
     # test never sees keys left by a background thread of an earlier one.
     client: redis.Redis = request.getfixturevalue("_redis_client_fixture")
@@ -119,3 +118,15 @@ def redis_client(
 @pytest.fixture
 def redis_url(redis_server: RedisServer, redis_client: redis.Redis) -> str:
     return redis_server.url
+
+
+@pytest.fixture
+def worker(broker: Any) -> Iterator[Any]:
+    """A started Worker (2 threads, 50 ms fetch timeout) on the test module's
+    own ``broker`` fixture; stopped after the test."""
+    from django_actors import Worker
+
+    started = Worker(broker, worker_timeout=50, worker_threads=2)
+    started.start()
+    yield started
+    started.stop(timeout=5000)

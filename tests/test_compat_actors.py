@@ -27,14 +27,6 @@ def broker():
     broker.close()
 
 
-@pytest.fixture
-def worker(broker):
-    worker = Worker(broker, worker_timeout=50, worker_threads=2)
-    worker.start()
-    yield worker
-    worker.stop(timeout=5000)
-
-
 def wait_for(condition, timeout=5.0):
     deadline = time.monotonic() + timeout
     while not condition():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from django_actors import Actor, GenericActor, Worker
+from django_actors import Actor, GenericActor
 from django_actors.broker import default_middleware
 from django_actors.brokers.stub import StubBroker
 from django_actors.results import Results
@@ -16,14 +16,6 @@ def broker():
     broker = StubBroker(middleware=[*default_middleware(), Results(backend=StubBackend())])
     yield broker
     broker.close()
-
-
-@pytest.fixture
-def worker(broker):
-    worker = Worker(broker, worker_timeout=50, worker_threads=2)
-    worker.start()
-    yield worker
-    worker.stop(timeout=5000)
 
 
 def test_subclass_becomes_an_actor_named_after_the_class(broker):

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from django_actors import Worker, actor
+from django_actors import actor
 from django_actors.brokers.stub import StubBroker
 from django_actors.middleware import Callbacks, Retries
 
@@ -26,14 +26,6 @@ def broker():
     broker = StubBroker(middleware=[Callbacks(), Retries(min_backoff=1, max_backoff=5)])
     yield broker
     broker.close()
-
-
-@pytest.fixture
-def worker(broker):
-    worker = Worker(broker, worker_timeout=50, worker_threads=2)
-    worker.start()
-    yield worker
-    worker.stop(timeout=5000)
 
 
 def join(broker, *queues):

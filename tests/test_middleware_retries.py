@@ -40,14 +40,6 @@ def broker():
     broker.close()
 
 
-@pytest.fixture
-def worker(broker):
-    worker = Worker(broker, worker_timeout=50, worker_threads=2)
-    worker.start()
-    yield worker
-    worker.stop(timeout=5000)
-
-
 # compute_backoff -----------------------------------------------------------------------
 
 

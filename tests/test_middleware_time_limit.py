@@ -36,14 +36,6 @@ def broker(time_limit):
     broker.close()
 
 
-@pytest.fixture
-def worker(broker):
-    worker = Worker(broker, worker_timeout=50, worker_threads=2)
-    worker.start()
-    yield worker
-    worker.stop(timeout=5000)
-
-
 def result(broker, message):
     return message.get_result(backend=broker.get_results_backend(), block=True, timeout=5000)
 

@@ -35,14 +35,6 @@ def broker(backend):
     broker.close()
 
 
-@pytest.fixture
-def worker(broker):
-    worker = Worker(broker, worker_timeout=50, worker_threads=2)
-    worker.start()
-    yield worker
-    worker.stop(timeout=5000)
-
-
 def make_message(**kwargs):
     return Message(queue_name="default", actor_name="a", args=(), kwargs={}, options={}, **kwargs)
 
