@@ -149,25 +149,16 @@ class Subject:
         raise NotImplementedError
 
 
-class DjangoActors(Subject):
-    """django_actors: RedisBroker, the default middleware and Results on a RedisBackend."""
+class _DramatiqAPI(Subject):
+    """The subjects driven through dramatiq's API: django_actors keeps its
+    names and signatures, so one set of calls serves both libraries."""
 
-    name = "django_actors"
+    lib: Any
+    broker: Any
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        import django_actors
-        from django_actors.broker import default_middleware
-        from django_actors.brokers.redis import RedisBroker
-        from django_actors.results import Results
-        from django_actors.results.backends.redis import RedisBackend
-
-        self.version = django_actors.__version__
-        self.lib = django_actors
-        self.backend = RedisBackend(url=url)
-        self.broker = RedisBroker(url=url, middleware=[*default_middleware(), Results(backend=self.backend)])
-        django_actors.set_broker(self.broker)
-        actor: Any = django_actors.actor
+    def _declare_actors(self) -> None:
+        self.lib.set_broker(self.broker)
+        actor: Any = self.lib.actor
         opts: dict[str, Any] = {"broker": self.broker, "queue_name": QUEUE}
         self.noop = actor(noop, **opts)
         self.echo = actor(echo, store_results=True, **opts)
@@ -183,11 +174,6 @@ class DjangoActors(Subject):
 
     def group_run(self, members: list[Any]) -> None:
         self.lib.group(members, broker=self.broker).run()
-
-    def enqueue_noops(self, start: int, count: int) -> None:
-        for first in range(start, start + count, 1000):
-            last = min(first + 1000, start + count)
-            self.broker.enqueue_many([self.noop.message(i) for i in range(first, last)])
 
     def round_trip(self, n: int, timeout: float) -> int:
         message = self.echo.send(n)
@@ -205,7 +191,6 @@ class DjangoActors(Subject):
 
     def close(self) -> None:
         self.broker.close()
-        self.backend.close()
 
     def run_worker(self, threads: int, started: Any, stop: Any) -> None:
         worker = self.lib.Worker(self.broker, worker_threads=threads)
@@ -216,7 +201,36 @@ class DjangoActors(Subject):
         self.close()
 
 
-class Dramatiq(Subject):
+class DjangoActors(_DramatiqAPI):
+    """django_actors: RedisBroker, the default middleware and Results on a RedisBackend."""
+
+    name = "django_actors"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        import django_actors
+        from django_actors.broker import default_middleware
+        from django_actors.brokers.redis import RedisBroker
+        from django_actors.results import Results
+        from django_actors.results.backends.redis import RedisBackend
+
+        self.version = django_actors.__version__
+        self.lib = django_actors
+        self.backend = RedisBackend(url=url)
+        self.broker = RedisBroker(url=url, middleware=[*default_middleware(), Results(backend=self.backend)])
+        self._declare_actors()
+
+    def enqueue_noops(self, start: int, count: int) -> None:
+        for first in range(start, start + count, 1000):
+            last = min(first + 1000, start + count)
+            self.broker.enqueue_many([self.noop.message(i) for i in range(first, last)])
+
+    def close(self) -> None:
+        super().close()
+        self.backend.close()
+
+
+class Dramatiq(_DramatiqAPI):
     """dramatiq: its RedisBroker, default middleware, Results on its RedisBackend
     and GroupCallbacks (needed for group completion callbacks)."""
 
@@ -236,52 +250,11 @@ class Dramatiq(Subject):
         self.broker = RedisBroker(url=url)
         self.broker.add_middleware(Results(backend=RedisBackend(url=url)))
         self.broker.add_middleware(GroupCallbacks(RateLimiterBackend(url=url)))
-        dramatiq.set_broker(self.broker)
-        actor: Any = dramatiq.actor
-        opts: dict[str, Any] = {"broker": self.broker, "queue_name": QUEUE}
-        self.noop = actor(noop, **opts)
-        self.echo = actor(echo, store_results=True, **opts)
-        self.step = actor(step, store_results=True, **opts)
-        self.member = actor(member, **opts)
-        self.group_done = actor(group_done, **opts)
-
-    def send(self, n: int) -> None:
-        self.noop.send(n)
-
-    def group_members(self, count: int) -> list[Any]:
-        return [self.noop.message(i) for i in range(count)]
-
-    def group_run(self, members: list[Any]) -> None:
-        self.lib.group(members, broker=self.broker).run()
+        self._declare_actors()
 
     def enqueue_noops(self, start: int, count: int) -> None:
         for i in range(start, start + count):  # dramatiq has no batch enqueue
             self.broker.enqueue(self.noop.message(i))
-
-    def round_trip(self, n: int, timeout: float) -> int:
-        message = self.echo.send(n)
-        return int(message.get_result(block=True, timeout=int(timeout * 1000)))
-
-    def pipeline(self, steps: int, timeout: float) -> int:
-        messages = [self.step.message(0), *[self.step.message() for _ in range(steps - 1)]]
-        pipe = self.lib.pipeline(messages, broker=self.broker).run()
-        return int(pipe.get_result(block=True, timeout=int(timeout * 1000)))
-
-    def group_with_callback(self, count: int) -> None:
-        g = self.lib.group([self.member.message(i) for i in range(count)], broker=self.broker)
-        g.add_completion_callback(self.group_done.message())
-        g.run()
-
-    def close(self) -> None:
-        self.broker.close()
-
-    def run_worker(self, threads: int, started: Any, stop: Any) -> None:
-        worker = self.lib.Worker(self.broker, worker_threads=threads)
-        worker.start()
-        started.set()
-        stop.wait()
-        worker.stop()
-        self.close()
 
 
 class Celery(Subject):

@@ -781,9 +781,9 @@ class RedisBroker(Broker):
             for queue_name in dict.fromkeys(names[i] for i, reply in enumerate(replies) if _needs_repair(reply)):
                 self._repair(queue_name)
             if failed:  # those chunks stored nothing: send them again, once
-                for reply in scripts.enqueue.call_many([calls[i] for i in failed]):
-                    if reply < 0:
-                        self._repair(names[failed[0]])
+                again = scripts.enqueue.call_many([calls[i] for i in failed])
+                for queue_name in dict.fromkeys(names[i] for i, reply in zip(failed, again, strict=True) if reply < 0):
+                    self._repair(queue_name)
 
     def _repair(self, queue_name: str) -> None:
         """Give the keys an enqueue writes their types back after one held a
