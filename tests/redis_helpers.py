@@ -2,7 +2,8 @@
 
 - ``make_broker``: a RedisBroker with the default middleware, CurrentMessage
   and a RedisBackend for results.
-- ``wait_for``: poll a condition with a bounded timeout.
+- ``wait_for``: poll a condition with a bounded timeout (the one helper for
+  that, shared by the other test modules too).
 - ``RedisProcess``: a redis-server of a test's own (for restarts).
 - ``python -m tests.redis_helpers worker ...``: a worker process for the
   fault tests (see ``worker_main``).

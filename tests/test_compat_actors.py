@@ -19,19 +19,14 @@ from django_actors.brokers.stub import StubBroker
 from django_actors.message import current_millis
 from django_actors.middleware import CurrentMessage, SkipMessage
 
+from .redis_helpers import wait_for
+
 
 @pytest.fixture
 def broker():
     broker = StubBroker(middleware=[*default_middleware(), CurrentMessage()])
     yield broker
     broker.close()
-
-
-def wait_for(condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
 
 
 # Actors -----------------------------------------------------------------------

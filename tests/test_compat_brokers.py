@@ -19,15 +19,7 @@ from django_actors.broker import BeforeAndAfter, MessageProxy
 from django_actors.brokers.stub import StubBroker
 from django_actors.middleware import AgeLimit, Retries, TimeLimit
 
-from .redis_helpers import make_broker
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.002)
+from .redis_helpers import make_broker, wait_for
 
 
 @pytest.fixture

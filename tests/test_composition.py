@@ -25,6 +25,8 @@ from django_actors.middleware import CurrentMessage, Middleware
 from django_actors.results import CompositionCancelled, ResultFailure, ResultMissing, Results, ResultTimeout
 from django_actors.worker import Worker
 
+from .redis_helpers import wait_for as wait_until
+
 #: The brokers every composition test runs on (each with its own results backend).
 BROKERS = ["stub", pytest.param("redis", marks=pytest.mark.redis)]
 
@@ -132,15 +134,6 @@ def size_for(broker: Broker, full: int, networked: int) -> int:
     """The full size on the in-memory stub broker; a smaller one where every
     step costs network round trips (the property under test is the same)."""
     return full if isinstance(broker, StubBroker) else networked
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``condition`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
 
 
 class CallLog:

@@ -22,19 +22,9 @@ from django_actors.models import MessageState, QueuedMessage, WorkerHeartbeat
 from django_actors.results import ResultFailure
 from django_actors.worker import Worker
 
+from .redis_helpers import wait_for as wait_until
+
 _names = itertools.count()
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 def db_thread(target: Callable[[], Any]) -> threading.Thread:

@@ -19,22 +19,13 @@ from django_actors.results import ResultFailure, ResultMissing, ResultTimeout
 from django_actors.results.backends.database import DatabaseBackend
 from django_actors.worker import Worker
 
+from .redis_helpers import wait_for as wait_until
+
 _names = itertools.count()
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}_{next(_names)}"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.01)
 
 
 def in_threads(count: int, target: Callable[[int], Any]) -> list[Any]:

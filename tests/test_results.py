@@ -14,13 +14,7 @@ from django_actors.results import ResultFailure, ResultMissing, Results, ResultT
 from django_actors.results.backend import DEFAULT_RESULT_TTL
 from django_actors.results.backends.stub import StubBackend
 
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
+from .redis_helpers import wait_for
 
 
 @pytest.fixture

@@ -14,13 +14,7 @@ from django_actors.message import current_millis
 from django_actors.results import ResultFailure, Results
 from django_actors.results.backends.stub import StubBackend
 
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
+from .redis_helpers import wait_for
 
 
 @pytest.fixture
@@ -360,9 +354,7 @@ def test_requeue_dead_letters_by_id_keeps_the_others(broker):
         worker.stop()
     assert broker.requeue_dead_letters([messages[1].message_id, "no-such-id"]) == 1
     assert [Message.decode(d).message_id for d in broker.queues["default"].ready] == [messages[1].message_id]
-    assert sorted(p.message_id for p in broker.dead_letters) == sorted(
-        [messages[0].message_id, messages[2].message_id]
-    )
+    assert sorted(p.message_id for p in broker.dead_letters) == sorted([messages[0].message_id, messages[2].message_id])
 
 
 def test_purge_dead_letters(broker, start_worker):
