@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from .broker import Broker, get_broker, validate_queue_name
-from .message import Message
+from .message import Message, delay_ms
 
 if TYPE_CHECKING:
     from .composition import pipeline
@@ -127,7 +127,7 @@ class Actor(Generic[P, R]):
         """
         if options:
             if "delay" in options:
-                delay = _delay_ms(options["delay"])
+                delay = delay_ms(options["delay"])
                 if delay is None:
                     del options["delay"]
                 else:
@@ -180,9 +180,9 @@ class Actor(Generic[P, R]):
           ValueError: ``delay`` is negative or not a duration.
           TypeError: an argument cannot be encoded; nothing is enqueued.
         """
-        delay_ms = _delay_ms(delay) if delay is not None else None
+        millis = delay_ms(delay) if delay is not None else None
         message = self.message_with_options(args=args, kwargs=kwargs, **options)
-        return self.broker.enqueue(message, delay=delay_ms)
+        return self.broker.enqueue(message, delay=millis)
 
     def send_on_commit(self, *args: Any, using: str | None = None, **kwargs: Any) -> Message[R]:
         """Send a message once the current database transaction commits.
@@ -207,11 +207,11 @@ class Actor(Generic[P, R]):
         """:meth:`send_with_options`, deferred until the transaction commits."""
         from django.db import transaction
 
-        delay_ms = _delay_ms(delay) if delay is not None else None
+        millis = delay_ms(delay) if delay is not None else None
         message = self.message_with_options(args=args, kwargs=kwargs, **options)
         message.encode()  # fail now, not at commit time
         broker = self.broker
-        transaction.on_commit(lambda: broker.enqueue(message, delay=delay_ms), using=using)
+        transaction.on_commit(lambda: broker.enqueue(message, delay=millis), using=using)
         return message
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -240,19 +240,6 @@ class Actor(Generic[P, R]):
 
     def __str__(self) -> str:
         return f"Actor({self.actor_name})"
-
-
-def _delay_ms(delay: object) -> int | None:
-    """``delay`` (milliseconds or a timedelta) as whole milliseconds; ``None`` for no delay.
-
-    Raises:
-      ValueError: ``delay`` is negative or not a duration.
-    """
-    if isinstance(delay, datetime.timedelta):
-        delay = delay.total_seconds() * 1000
-    if not isinstance(delay, int | float) or isinstance(delay, bool) or not 0 <= delay < float("inf"):
-        raise ValueError(f"delay must be a non-negative number of milliseconds or a timedelta, not {delay!r}.")
-    return int(delay) or None
 
 
 @overload

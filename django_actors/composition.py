@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from .broker import Broker, NoResultsBackend, get_broker
 from .errors import MessageTooLarge
-from .message import Message
+from .message import Message, delay_ms
 from .middleware.middleware import SkipMessage, get_option
 from .results.backend import COMPOSITION_TTL, DEFAULT_RESULT_TTL, failure_record, unwrap
 from .results.errors import ResultError, ResultMissing, ResultTimeout
@@ -160,11 +160,7 @@ def _check_encodable(broker: Broker, messages: Iterable[Message[Any]]) -> None:
 
 
 def _check_delay(delay: Any) -> int | None:
-    if delay is None:
-        return None
-    if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
-        raise ValueError(f"delay must be a non-negative number of milliseconds, not {delay!r}.")
-    return int(delay) or None
+    return None if delay is None else delay_ms(delay)
 
 
 class _Composition:

@@ -38,6 +38,19 @@ def generate_unique_id() -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+def delay_ms(delay: object) -> int | None:
+    """``delay`` (milliseconds or a timedelta) as whole milliseconds; ``None`` for no delay.
+
+    Raises:
+      ValueError: ``delay`` is negative or not a duration.
+    """
+    if isinstance(delay, datetime.timedelta):
+        delay = delay.total_seconds() * 1000
+    if not isinstance(delay, int | float) or isinstance(delay, bool) or not 0 <= delay < float("inf"):
+        raise ValueError(f"delay must be a non-negative number of milliseconds or a timedelta, not {delay!r}.")
+    return int(delay) or None
+
+
 def current_millis() -> int:
     """Return the current Unix time in milliseconds."""
     return int(time.time() * 1000)
