@@ -341,13 +341,8 @@ class Broker:
         """Drop every message in every queue, and the dead letters."""
         raise NotImplementedError
 
-    def join(self, queue_name: str, *, timeout: int | None = None, fail_fast: bool | None = False) -> None:
+    def join(self, queue_name: str, *, timeout: int | None = None) -> None:
         """Wait until a queue has no ready, delayed or in-flight message.
-
-        Parameters:
-          fail_fast: raise the exception of a message of this queue that
-            failed in this process, instead of waiting on (brokers that
-            record failures; ``False`` always just waits).
 
         Raises:
           QueueJoinTimeout: the timeout (milliseconds) ran out first.

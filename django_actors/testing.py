@@ -34,6 +34,7 @@ actors a small ``min_backoff`` in tests that exercise retries.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Iterator
@@ -226,7 +227,10 @@ def run_until_complete(
 def _join(broker: Broker, queue_name: str, timeout: int) -> None:
     """Join a queue without the broker's own fail-fast: failures are the
     recording worker's to report, as ``run_until_complete`` documents."""
-    broker.join(queue_name, timeout=timeout, fail_fast=False)
+    options: dict[str, Any] = {}
+    if "fail_fast" in inspect.signature(broker.join).parameters:
+        options["fail_fast"] = False
+    broker.join(queue_name, timeout=timeout, **options)
 
 
 def _all_empty(broker: Broker, queues: list[str]) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import inspect
 import itertools
 import logging
 import os
@@ -204,10 +205,13 @@ class Worker:
           QueueJoinTimeout: ``timeout`` (ms) ran out first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout / 1000
+        options: dict[str, Any] = {}
+        if "fail_fast" in inspect.signature(self.broker.join).parameters:
+            options["fail_fast"] = False
         while True:
             for queue_name in list(self.consumers):
                 remaining = None if deadline is None else max(int((deadline - time.monotonic()) * 1000), 0)
-                self.broker.join(queue_name, timeout=remaining, fail_fast=False)
+                self.broker.join(queue_name, timeout=remaining, **options)
             if self.work_queue.empty() and all(c.in_flight == 0 for c in self.consumers.values()):
                 return
             time.sleep(0.001)

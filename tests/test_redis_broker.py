@@ -800,13 +800,3 @@ def test_current_message_is_available(broker, workers):
     workers(broker)
     broker.join("default", timeout=5000)
     assert seen == [sent.message_id]
-
-
-def test_join_waits_with_fail_fast_false_and_refuses_fail_fast_true(broker):
-    @actor(broker=broker, actor_name="good")
-    def good(n):
-        pass
-
-    broker.join("default", timeout=1000, fail_fast=False)  # the Worker and run_until_complete pass it
-    with pytest.raises(ValueError, match="dead_letters"):
-        broker.join("default", timeout=1000, fail_fast=True)

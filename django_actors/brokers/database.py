@@ -827,7 +827,7 @@ class DatabaseBroker(Broker):
             self._failures.clear()
         signal(self.using, "settled").notify()
 
-    def join(self, queue_name: str, *, timeout: int | None = None, fail_fast: bool | None = False) -> None:
+    def join(self, queue_name: str, *, timeout: int | None = None, fail_fast: bool = False) -> None:
         """Wait until a queue has no queued (delayed included) or claimed message.
 
         Parameters:

@@ -897,19 +897,12 @@ class RedisBroker(Broker):
             entries: list[Any] = list(self.client.zrange(self._key("workers"), 0, -1, withscores=True))
         return {_text(worker): int(score) for worker, score in entries}
 
-    def join(self, queue_name: str, *, timeout: int | None = None, fail_fast: bool | None = False) -> None:
+    def join(self, queue_name: str, *, timeout: int | None = None) -> None:
         """Wait until ``queue_name`` has no ready, delayed or unacked message.
 
         Raises:
           QueueJoinTimeout: ``timeout`` (ms) ran out first.
-          ValueError: ``fail_fast`` was asked for: this broker's failures
-            happen in worker processes; read :meth:`dead_letters` instead.
         """
-        if fail_fast:
-            raise ValueError(
-                "RedisBroker.join cannot raise failures (fail_fast=True): they happen in the worker "
-                "processes; read broker.dead_letters() instead."
-            )
         deadline = None if timeout is None else time.monotonic() + timeout / 1000
         pause = 0.002
         while True:
